@@ -55,7 +55,7 @@ class TrustedProxies:
     def peer_is_trusted(self, scope: Scope) -> bool:
         """Whether the TCP peer of this connection is a trusted proxy."""
         client = scope.get("client")
-        return bool(client) and self.is_trusted(client[0])
+        return client is not None and self.is_trusted(client[0])
 
     def client_ip(self, scope: Scope) -> str | None:
         """The client address after walking trusted hops of ``X-Forwarded-For``."""

@@ -1,0 +1,101 @@
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from hardened._context import correlation_id_var
+from hardened.errors import ConcurrentModification
+from hardened.fastapi import install_problem_handlers
+
+
+class Item(BaseModel):
+    name: str
+    qty: int
+
+
+def _app(*, debug: bool) -> FastAPI:
+    app = FastAPI()
+    install_problem_handlers(app, debug=debug)
+
+    @app.post("/items")
+    async def create(item: Item) -> Item:
+        return item
+
+    @app.post("/conflict")
+    async def conflict() -> None:
+        raise ConcurrentModification(code="order.version_conflict", context={"v": 3})
+
+    @app.get("/crash")
+    async def crash() -> None:
+        token = correlation_id_var.set("cid-1")
+        try:
+            msg = "secret internals"
+            raise RuntimeError(msg)
+        finally:
+            correlation_id_var.reset(token)
+
+    return app
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+@pytest.mark.anyio
+async def test_malformed_json_is_422_problem() -> None:
+    """A body that is not JSON is a 422 problem with code request.malformed_json."""
+    async with _client(_app(debug=False)) as client:
+        resp = await client.post(
+            "/items", content=b'{"name": ', headers={"content-type": "application/json"}
+        )
+    assert resp.status_code == 422
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json()["code"] == "request.malformed_json"
+
+
+@pytest.mark.anyio
+async def test_invalid_fields_listed_without_input() -> None:
+    """Schema violations list fields but never echo the submitted values."""
+    async with _client(_app(debug=False)) as client:
+        resp = await client.post("/items", json={"name": "n", "qty": "hunter2-secret"})
+    body = resp.json()
+    assert resp.status_code == 422
+    assert body["code"] == "request.validation_failed"
+    assert body["errors"][0]["loc"] == ["body", "qty"]
+    assert "hunter2-secret" not in resp.text
+
+
+@pytest.mark.anyio
+async def test_library_error_keeps_status_and_code() -> None:
+    """A HardenedError raised in a route keeps its status and code."""
+    async with _client(_app(debug=False)) as client:
+        resp = await client.post("/conflict")
+    assert resp.status_code == 409
+    assert resp.json()["code"] == "order.version_conflict"
+    assert "v" not in resp.json()
+
+
+@pytest.mark.anyio
+async def test_unknown_route_and_method_are_problems() -> None:
+    """Starlette's 404 and 405 are rendered as problem+json too."""
+    async with _client(_app(debug=False)) as client:
+        missing = await client.get("/nope")
+        wrong = await client.delete("/items")
+    assert (missing.status_code, missing.json()["code"]) == (404, "resource.not_found")
+    assert (wrong.status_code, wrong.json()["code"]) == (405, "request.method_not_allowed")
+    assert wrong.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.anyio
+async def test_crash_has_no_stack_trace_outside_debug() -> None:
+    """An unexpected exception is a 500 problem without internals unless debug is on."""
+    async with _client(_app(debug=False)) as client:
+        resp = await client.get("/crash")
+    assert resp.status_code == 500
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert "secret internals" not in resp.text
+    assert "Traceback" not in resp.text
+    async with _client(_app(debug=True)) as client:
+        shown = await client.get("/crash")
+    assert "secret internals" in shown.text

@@ -1,0 +1,5 @@
+"""``python -m shopfront``."""
+
+from shopfront.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""shopfront settings, read from the environment.
+
+With nothing set, the service runs on embedded defaults: SQLite in the working
+directory and in-process stores, development mode with per-process random
+secrets. Production sets ``ENVIRONMENT=production``, real secrets, and
+``DATABASE_URL`` / ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from hardened.config import Check, HardenedSettings
+
+__all__ = ["Settings", "async_database_url"]
+
+CsvList = Annotated[tuple[str, ...], NoDecode]
+
+
+def async_database_url(url: str) -> str:
+    """Map a plain ``postgresql://`` / ``sqlite://`` URL to its async SQLAlchemy driver."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+psycopg://"),
+        ("postgres://", "postgresql+psycopg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url.removeprefix(plain)
+    return url
+
+
+class Settings(HardenedSettings):
+    """Every knob of the service; names are the environment variables, upper-cased."""
+
+    database_url: str = "sqlite+aiosqlite:///shopfront.db"
+    redis_url: str | None = None
+
+    jwt_secret: SecretStr | None = None
+    session_secret: SecretStr | None = None
+    cookie_secret: SecretStr | None = None
+
+    allowed_hosts: CsvList = ("*",)
+    trusted_proxies: CsvList = ()
+    cors_origins: CsvList = ()
+    cors_origin_patterns: CsvList = ("https://*.myshopify.com",)
+    hsts: bool = False
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    tenant_domain_suffixes: CsvList = ("myshopify.com",)
+    auth_require_redis_for_tokens: bool = False
+    auto_migrate: bool | None = None
+    log_json: bool | None = None
+
+    @field_validator(
+        "allowed_hosts",
+        "trusted_proxies",
+        "cors_origins",
+        "cors_origin_patterns",
+        "tenant_domain_suffixes",
+        mode="before",
+    )
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return async_database_url(self.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_development if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def json_logs(self) -> bool:
+        return not self.is_development if self.log_json is None else self.log_json
+
+    def deploy_checks(self) -> list[Check]:
+        """Base checks plus the ones a shop deploy needs."""
+        return [
+            *super().deploy_checks(),
+            Check("DATABASE_URL is PostgreSQL", not self.is_sqlite, "SQLite is single-node only"),
+            Check(
+                "REDIS_URL is set",
+                self.redis_url is not None,
+                "in-process stores do not hold across workers",
+            ),
+            Check(
+                "tokens require Redis",
+                self.auth_require_redis_for_tokens and self.redis_url is not None,
+                "AUTH_REQUIRE_REDIS_FOR_TOKENS=true with REDIS_URL",
+            ),
+            Check("HSTS is on", self.hsts, "HSTS=true behind TLS"),
+            Check("ALLOWED_HOSTS is explicit", "*" not in self.allowed_hosts, "no wildcard host"),
+        ]

@@ -1,0 +1,29 @@
+"""What the app holds for its lifetime (settings, database, stores, health)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from fastapi import Request
+
+if TYPE_CHECKING:
+    from hardened.observability import Health
+    from hardened.stores import KeyValue
+    from shopfront.db import Database
+    from shopfront.settings import Settings
+
+__all__ = ["AppState", "app_state"]
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    settings: Settings
+    db: Database
+    store: KeyValue
+    health: Health
+
+
+def app_state(request: Request) -> AppState:
+    """Dependency: the app's long-lived state."""
+    return cast("AppState", request.app.state.shopfront)
