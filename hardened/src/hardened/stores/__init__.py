@@ -1,0 +1,67 @@
+"""Narrow async store contracts with an in-process and a Redis implementation.
+
+Components ask for the capability they use (`KeyValue`, `Counters`,
+`AtomicScripts`, `Leases`, `Lifecycle`; `Store` is all of them) and receive a
+`MemoryStore` (one process) or a `RedisStore` (shared). Both have the same
+semantics, including every script, whose Lua file has a Python twin run by
+`MemoryStore`. Backend failures surface as `hardened.errors.StoreUnavailable`.
+See ``_contracts`` for the key scheme, TTL and script rules.
+
+`RedisStore` is imported on first access, so ``hardened.stores`` works
+without the ``redis`` extra installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hardened.stores._contracts import (
+    AtomicScripts,
+    Counters,
+    KeyValue,
+    Leases,
+    Lifecycle,
+    MemoryTwin,
+    Script,
+    ScriptArg,
+    ScriptError,
+    Store,
+    hash_tag,
+    tagged,
+)
+from hardened.stores._scripts import FENCE_RETENTION
+from hardened.stores._state import MemoryState
+from hardened.stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from hardened.stores.redis import RedisStore
+
+__all__ = [
+    "FENCE_RETENTION",
+    "AtomicScripts",
+    "Counters",
+    "KeyValue",
+    "Leases",
+    "Lifecycle",
+    "MemoryState",
+    "MemoryStore",
+    "MemoryTwin",
+    "RedisStore",
+    "Script",
+    "ScriptArg",
+    "ScriptError",
+    "Store",
+    "hash_tag",
+    "tagged",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":
+        try:
+            from hardened.stores.redis import RedisStore  # noqa: PLC0415 - optional extra
+        except ImportError as exc:
+            msg = "RedisStore needs the redis extra: pip install 'hardened[redis]'"
+            raise ImportError(msg) from exc
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
