@@ -177,6 +177,24 @@ async def test_app_that_swallows_the_refusal_still_yields_413_and_no_more_body()
 
 
 @pytest.mark.anyio
+async def test_app_answering_a_refused_body_itself_is_replaced_by_413() -> None:
+    """An app that turns the body-read error into its own 400 (as FastAPI does) still yields 413."""
+
+    async def framework(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except PayloadTooLarge:
+            await send({"type": "http.response.start", "status": 400, "headers": []})
+            await send({"type": "http.response.body", "body": b"There was an error parsing"})
+
+    async with client_for(BodyLimitMiddleware(framework, max_bytes=150)) as client:
+        response = await client.post("/", content=chunks(1000, 100))
+    assert_problem(response, 413, "request.too_large")
+    assert b"error parsing" not in response.content
+
+
+@pytest.mark.anyio
 async def test_limit_crossed_after_response_started_aborts() -> None:
     """Past the limit after the response began, the error propagates (abort), never a 2nd start."""
     starts = 0

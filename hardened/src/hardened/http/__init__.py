@@ -1,0 +1,43 @@
+"""Pure-ASGI HTTP guards: every refusal is a problem+json response, cheap and early."""
+
+from hardened.http._body import (
+    DEFAULT_MAX_BODY_BYTES,
+    BodyLimitMiddleware,
+    BodyLimits,
+    ContentTypeMiddleware,
+    ContentTypePolicy,
+)
+from hardened.http._client_ip import ClientIPMiddleware
+from hardened.http._cors import CORSMiddleware, CORSPolicy
+from hardened.http._headers import (
+    API_CSP,
+    HSTS,
+    SWAGGER_UI_CSP,
+    SecurityHeaders,
+    SecurityHeadersMiddleware,
+)
+from hardened.http._hosts import TrustedHostMiddleware, TrustedHosts
+from hardened.http._problem import send_problem
+from hardened.http._proxy import TrustedProxies
+from hardened.http._request_id import RequestIdMiddleware
+
+__all__ = [
+    "API_CSP",
+    "DEFAULT_MAX_BODY_BYTES",
+    "HSTS",
+    "SWAGGER_UI_CSP",
+    "BodyLimitMiddleware",
+    "BodyLimits",
+    "CORSMiddleware",
+    "CORSPolicy",
+    "ClientIPMiddleware",
+    "ContentTypeMiddleware",
+    "ContentTypePolicy",
+    "RequestIdMiddleware",
+    "SecurityHeaders",
+    "SecurityHeadersMiddleware",
+    "TrustedHostMiddleware",
+    "TrustedHosts",
+    "TrustedProxies",
+    "send_problem",
+]
