@@ -60,13 +60,20 @@ def _respond(problem: Problem) -> Response:
     )
 
 
+def _correlation_id(request: Request) -> str | None:
+    # Starlette answers crashes outside user middleware, after the request-id
+    # middleware has reset its contextvar; the scope still holds the id.
+    cid = get_correlation_id()
+    if cid is None:
+        state = request.scope.get("state") or {}
+        cid = state.get("correlation_id")
+    return cid
+
+
 def problem_response(request: Request, exc: BaseException, *, debug: bool = False) -> Response:
     """Render ``exc`` as an RFC 9457 response for this request."""
-    return _respond(
-        problem_for(
-            exc, instance=request.url.path, correlation_id=get_correlation_id(), debug=debug
-        )
-    )
+    cid = _correlation_id(request)
+    return _respond(problem_for(exc, instance=request.url.path, correlation_id=cid, debug=debug))
 
 
 def _field_errors(exc: RequestValidationError) -> list[FieldError]:
@@ -112,13 +119,18 @@ def install_problem_handlers(app: FastAPI, *, debug: bool = False) -> None:
                 code=code,
                 title=title,
                 instance=request.url.path,
-                correlation_id=get_correlation_id(),
+                correlation_id=_correlation_id(request),
                 headers=dict(exc.headers or {}),
             )
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        _log.error("request.failed", path=request.url.path, exc_info=exc)
+        _log.error(
+            "request.failed",
+            path=request.url.path,
+            correlation_id=_correlation_id(request),
+            exc_info=exc,
+        )
         return problem_response(request, exc, debug=debug)
 
     app.add_exception_handler(HardenedError, on_hardened)

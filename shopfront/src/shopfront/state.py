@@ -9,7 +9,7 @@ from fastapi import Request
 
 if TYPE_CHECKING:
     from hardened.observability import Health
-    from hardened.stores import KeyValue
+    from hardened.stores import Store
     from shopfront.db import Database
     from shopfront.settings import Settings
 
@@ -20,7 +20,7 @@ __all__ = ["AppState", "app_state"]
 class AppState:
     settings: Settings
     db: Database
-    store: KeyValue
+    store: Store
     health: Health
 
 

@@ -1,0 +1,115 @@
+"""The shopfront application factory.
+
+Middleware order, outermost first, is chosen so every refusal is cheap and
+still carries a correlation id: request id → client IP (trusted proxies) →
+trusted hosts → security headers → CORS → body limit → content type → routes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from hardened.fastapi import install_problem_handlers, lifespan
+from hardened.http import (
+    HSTS,
+    SWAGGER_UI_CSP,
+    BodyLimitMiddleware,
+    ClientIPMiddleware,
+    ContentTypeMiddleware,
+    CORSMiddleware,
+    CORSPolicy,
+    RequestIdMiddleware,
+    SecurityHeaders,
+    SecurityHeadersMiddleware,
+    TrustedHostMiddleware,
+    TrustedProxies,
+)
+from hardened.logging import configure_logging
+from hardened.observability import Health, check
+from hardened.stores import MemoryStore, RedisStore
+from shopfront import __version__
+from shopfront.db import Database
+from shopfront.routes import tenants
+from shopfront.settings import Settings
+from shopfront.state import AppState, app_state
+
+if TYPE_CHECKING:
+    from hardened.stores import Store
+
+__all__ = ["create_app"]
+
+
+def _store(settings: Settings) -> Store:
+    if settings.redis_url:
+        return RedisStore.from_url(settings.redis_url)
+    return MemoryStore()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service from settings (read from the environment when not given)."""
+    settings = settings or Settings.load()
+    configure_logging(json=settings.json_logs, level="DEBUG" if settings.debug_enabled else "INFO")
+    db = Database(settings)
+    store = _store(settings)
+    checks = [check("database", db.ping)]
+    if settings.redis_url:
+        # Without Redis the service still serves (degraded) unless tokens require it.
+        critical = settings.auth_require_redis_for_tokens
+        checks.append(check("redis", store.ping, critical=critical))
+    state = AppState(settings=settings, db=db, store=store, health=Health(checks))
+
+    app = FastAPI(
+        title="shopfront",
+        version=__version__,
+        lifespan=lifespan(closing=[store, db]),
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.shopfront = state
+    install_problem_handlers(app, debug=settings.debug_enabled)
+    _add_routes(app)
+    _add_middleware(app, settings)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    app.include_router(tenants.router)
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["health"])
+    async def ready(state: Annotated[AppState, Depends(app_state)]) -> JSONResponse:
+        """Every dependency answers (503 when a critical one does not)."""
+        result = await state.health.ready()
+        return JSONResponse(result.as_dict(), status_code=result.http_status)
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus exposition."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    proxies = TrustedProxies.from_strings(settings.trusted_proxies)
+    debug = settings.debug_enabled
+    # add_middleware wraps: the last one added is the outermost.
+    app.add_middleware(ContentTypeMiddleware, debug=debug)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, debug=debug)
+    cors = CORSPolicy(
+        allow_origins=settings.cors_origins, allow_origin_patterns=settings.cors_origin_patterns
+    )
+    app.add_middleware(CORSMiddleware, policy=cors, debug=debug)
+    headers = SecurityHeaders(
+        hsts=HSTS() if settings.hsts else None, csp_overrides={"/docs": SWAGGER_UI_CSP}
+    )
+    app.add_middleware(SecurityHeadersMiddleware, config=headers)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, debug=debug)
+    app.add_middleware(ClientIPMiddleware, trusted_proxies=proxies)
+    app.add_middleware(RequestIdMiddleware, trusted_proxies=proxies)

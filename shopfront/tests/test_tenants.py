@@ -1,0 +1,74 @@
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+
+from sf_support import client_for, make_settings
+from shopfront.migrate import upgrade_async
+
+
+@pytest.mark.anyio
+async def test_create_normalises_and_reads_back(
+    any_database_url: str, app_factory: Callable[..., FastAPI]
+) -> None:
+    """A shop is created with its normalised domain and read back by id (SQLite and PostgreSQL)."""
+    await upgrade_async(any_database_url)
+    app = app_factory(make_settings(any_database_url))
+    async with client_for(app) as client:
+        created = await client.post(
+            "/tenants", json={"name": "Shop", "domain": "Shop.MyShopify.com."}
+        )
+        assert created.status_code == 201
+        body = created.json()
+        assert body["domain"] == "shop.myshopify.com"
+        fetched = await client.get(f"/tenants/{body['id']}")
+        assert fetched.json() == body
+        missing = await client.get(f"/tenants/{uuid.uuid4()}")
+        assert (missing.status_code, missing.json()["code"]) == (404, "tenant.not_found")
+    await app.state.shopfront.db.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "domain", ["shop.evil.com", "https://shop.myshopify.com", "myshopify.com", "a_b.myshopify.com"]
+)
+async def test_invalid_domains_are_422(client: AsyncClient, domain: str) -> None:
+    """Domains outside the suffixes or not bare hostnames are 422 with the field named."""
+    resp = await client.post("/tenants", json={"name": "Shop", "domain": domain})
+    assert resp.status_code == 422
+    body = resp.json()
+    assert body["errors"][0]["loc"] == ["body", "domain"]
+
+
+@pytest.mark.anyio
+async def test_unknown_fields_are_rejected(client: AsyncClient) -> None:
+    """Unknown properties in the body are refused, not silently ignored."""
+    resp = await client.post(
+        "/tenants", json={"name": "Shop", "domain": "a.myshopify.com", "is_admin": True}
+    )
+    assert resp.status_code == 422
+    assert resp.json()["errors"][0]["loc"] == ["body", "is_admin"]
+
+
+@pytest.mark.anyio
+async def test_concurrent_duplicate_domains_create_one_shop(
+    any_database_url: str, app_factory: Callable[..., FastAPI]
+) -> None:
+    """Concurrent creations of one domain, spelled differently: one 201, the rest 409, no 500."""
+    await upgrade_async(any_database_url)
+    app = app_factory(make_settings(any_database_url))
+    spellings = ["dup.myshopify.com", "DUP.myshopify.com", "dup.myshopify.com."]
+    async with client_for(app) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post("/tenants", json={"name": "Dup", "domain": spellings[i % 3]})
+                for i in range(20)
+            )
+        )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [409] * 19
+    assert {r.json()["code"] for r in responses if r.status_code == 409} == {"tenant.domain_taken"}
+    await app.state.shopfront.db.aclose()
