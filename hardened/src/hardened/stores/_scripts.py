@@ -38,10 +38,8 @@ __all__ = [
     "LEASE_ACQUIRE",
     "LEASE_RELEASE",
     "LEASE_RENEW",
-    "acquire_lease",
+    "ScriptLeases",
     "lease_keys",
-    "release_lease",
-    "renew_lease",
 ]
 
 #: Seconds a fence key lives after its last acquire/renew (at least the lease TTL).
@@ -120,22 +118,20 @@ def _fence_ms(lease_ms: int) -> int:
     return max(lease_ms, ttl_ms(FENCE_RETENTION))
 
 
-async def acquire_lease(scripts: AtomicScripts, key: str, owner: str, ttl: float) -> int | None:
-    """`Leases.acquire` over any `AtomicScripts`."""
-    lease_ms = ttl_ms(ttl)
-    token = await scripts.run(
-        LEASE_ACQUIRE, lease_keys(key), (_owner(owner), lease_ms, _fence_ms(lease_ms))
-    )
-    return None if token is None else int(token)
+class ScriptLeases:
+    """`Leases` for any store that implements `AtomicScripts` (both backends mix it in)."""
 
+    async def acquire(self: AtomicScripts, key: str, owner: str, ttl: float) -> int | None:
+        lease_ms = ttl_ms(ttl)
+        token = await self.run(
+            LEASE_ACQUIRE, lease_keys(key), (_owner(owner), lease_ms, _fence_ms(lease_ms))
+        )
+        return None if token is None else int(token)
 
-async def renew_lease(scripts: AtomicScripts, key: str, owner: str, token: int, ttl: float) -> bool:
-    """`Leases.renew` over any `AtomicScripts`."""
-    lease_ms = ttl_ms(ttl)
-    args = (_owner(owner), token, lease_ms, _fence_ms(lease_ms))
-    return bool(await scripts.run(LEASE_RENEW, lease_keys(key), args))
+    async def renew(self: AtomicScripts, key: str, owner: str, token: int, ttl: float) -> bool:
+        lease_ms = ttl_ms(ttl)
+        args = (_owner(owner), token, lease_ms, _fence_ms(lease_ms))
+        return bool(await self.run(LEASE_RENEW, lease_keys(key), args))
 
-
-async def release_lease(scripts: AtomicScripts, key: str, owner: str, token: int) -> bool:
-    """`Leases.release` over any `AtomicScripts`."""
-    return bool(await scripts.run(LEASE_RELEASE, lease_keys(key), (_owner(owner), token)))
+    async def release(self: AtomicScripts, key: str, owner: str, token: int) -> bool:
+        return bool(await self.run(LEASE_RELEASE, lease_keys(key), (_owner(owner), token)))

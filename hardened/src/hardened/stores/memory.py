@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from hardened.errors import StoreUnavailable
 from hardened.observability._metrics import counter
 from hardened.stores._contracts import ScriptArg, encode_args, ttl_ms
-from hardened.stores._scripts import COUNTER_INCR, acquire_lease, release_lease, renew_lease
+from hardened.stores._scripts import COUNTER_INCR, ScriptLeases
 from hardened.stores._state import MemoryDataError, MemoryState
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ _BACKEND = "memory"
 _ERRORS = counter("store_errors_total", "Store operations that failed", ["backend", "operation"])
 
 
-class MemoryStore:
+class MemoryStore(ScriptLeases):
     """In-process `Store` (`KeyValue`, `Counters`, `AtomicScripts`, `Leases`, `Lifecycle`)."""
 
     def __init__(
@@ -109,17 +109,6 @@ class MemoryStore:
             return script.memory(self.state, tuple(keys), encoded, self.now())
         except MemoryDataError as exc:
             raise self._unavailable(script.name, exc) from exc
-
-    # -- Leases ------------------------------------------------------------
-
-    async def acquire(self, key: str, owner: str, ttl: float) -> int | None:
-        return await acquire_lease(self, key, owner, ttl)
-
-    async def renew(self, key: str, owner: str, token: int, ttl: float) -> bool:
-        return await renew_lease(self, key, owner, token, ttl)
-
-    async def release(self, key: str, owner: str, token: int) -> bool:
-        return await release_lease(self, key, owner, token)
 
     # -- Lifecycle ---------------------------------------------------------
 

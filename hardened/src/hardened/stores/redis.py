@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from hardened.errors import StoreUnavailable
 from hardened.observability._metrics import counter
 from hardened.stores._contracts import SCRIPT_ERROR_PREFIX, ScriptError, encode_args, ttl_ms
-from hardened.stores._scripts import COUNTER_INCR, acquire_lease, release_lease, renew_lease
+from hardened.stores._scripts import COUNTER_INCR, ScriptLeases
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -54,7 +54,7 @@ _BACKEND = "redis"
 _ERRORS = counter("store_errors_total", "Store operations that failed", ["backend", "operation"])
 
 
-class RedisStore:
+class RedisStore(ScriptLeases):
     """Redis-backed `Store` (`KeyValue`, `Counters`, `AtomicScripts`, `Leases`, `Lifecycle`).
 
     ``prefix`` (no braces) is prepended to every key sent, script keys
@@ -165,17 +165,6 @@ class RedisStore:
             raise self._unavailable(script.name, exc) from exc
         except RedisError as exc:
             raise self._unavailable(script.name, exc) from exc
-
-    # -- Leases ------------------------------------------------------------
-
-    async def acquire(self, key: str, owner: str, ttl: float) -> int | None:
-        return await acquire_lease(self, key, owner, ttl)
-
-    async def renew(self, key: str, owner: str, token: int, ttl: float) -> bool:
-        return await renew_lease(self, key, owner, token, ttl)
-
-    async def release(self, key: str, owner: str, token: int) -> bool:
-        return await release_lease(self, key, owner, token)
 
     # -- Lifecycle ---------------------------------------------------------
 
