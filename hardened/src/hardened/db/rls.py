@@ -1,0 +1,139 @@
+"""PostgreSQL row-level security: the database refuses foreign rows even if the ORM forgets.
+
+`hardened.db.tenancy` scopes every ORM statement, but an ORM filter is code, and code has
+holes (a raw query, a new loader, a bug). Row-level security is the second wall: each
+tenant table gets a policy comparing its tenant column with the transaction-local setting
+``app.tenant_id``, ``FORCE`` makes it bind the table owner too, and the service connects as
+a role that owns nothing and lacks ``BYPASSRLS`` (migrations run as the owner). With no
+setting the policy compares against NULL, so a connection without a tenant sees no rows at
+all, never every row.
+
+The setting is written with ``set_config(..., true)`` at the start of every transaction,
+so it dies with the transaction and a pooled connection never carries a tenant into the
+next checkout. Statements here are plain strings for Alembic's ``op.execute``; every name
+is validated against ``^[a-z_][a-z0-9_]*$`` and double-quoted, so none can inject SQL.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import SessionTransaction
+
+__all__ = [
+    "SETTING",
+    "TENANT_INFO_KEY",
+    "app_role_statements",
+    "drop_rls_statements",
+    "install_rls_tenant_setting",
+    "rls_statements",
+]
+
+SETTING = "app.tenant_id"
+# Where a session carries its tenant (`hardened.db.tenancy.tenant_session` writes it).
+TENANT_INFO_KEY = "hardened.tenant_id"
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_SET_TENANT = text(f"SELECT set_config('{SETTING}', :tenant, true)")
+
+
+def _ident(name: str, what: str) -> str:
+    if not _NAME.fullmatch(name) or len(name) > 63:
+        msg = f"invalid {what} name {name!r}: use lower-case letters, digits and _"
+        raise ValueError(msg)
+    return f'"{name}"'
+
+
+def _table(name: str) -> str:
+    """A table name, optionally schema-qualified (``schema.table``), quoted."""
+    return ".".join(_ident(part, "table") for part in name.split("."))
+
+
+def _predicate(column: str) -> str:
+    return f"{_ident(column, 'column')} = NULLIF(current_setting('{SETTING}', true), '')::uuid"
+
+
+def rls_statements(
+    table: str, *, column: str = "tenant_id", policy: str = "tenant_isolation"
+) -> list[str]:
+    """Enable and force RLS on ``table`` with one policy for reads and writes.
+
+    ``USING`` hides other tenants' rows from SELECT/UPDATE/DELETE; ``WITH CHECK`` refuses
+    INSERT/UPDATE of a row carrying another tenant's id. Re-running replaces the policy.
+    """
+    qualified, name, expr = _table(table), _ident(policy, "policy"), _predicate(column)
+    return [
+        f"ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {qualified} FORCE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS {name} ON {qualified}",
+        f"CREATE POLICY {name} ON {qualified} USING ({expr}) WITH CHECK ({expr})",
+    ]
+
+
+def drop_rls_statements(
+    table: str, *, column: str = "tenant_id", policy: str = "tenant_isolation"
+) -> list[str]:
+    """Undo `rls_statements` (for a migration's downgrade)."""
+    _ident(column, "column")
+    qualified, name = _table(table), _ident(policy, "policy")
+    return [
+        f"DROP POLICY IF EXISTS {name} ON {qualified}",
+        f"ALTER TABLE {qualified} NO FORCE ROW LEVEL SECURITY",
+        f"ALTER TABLE {qualified} DISABLE ROW LEVEL SECURITY",
+    ]
+
+
+def app_role_statements(role: str, *, schema: str = "public") -> list[str]:
+    """Create (if missing) the non-owner role the service connects as, and grant it DML.
+
+    The role is created ``NOLOGIN NOSUPERUSER NOBYPASSRLS``: grant it to a login user or
+    ``ALTER ROLE … LOGIN`` out of band, so no password lives in a migration. An existing
+    role that is superuser or has ``BYPASSRLS`` makes the block fail: RLS would not apply
+    to it. Default privileges cover tables later created by the role running this.
+    """
+    quoted, ns = _ident(role, "role"), _ident(schema, "schema")
+    return [
+        # Names are validated by _ident above, so interpolating them is safe.
+        "DO $$ BEGIN "  # noqa: S608
+        f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+        f"CREATE ROLE {quoted} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; "
+        f"ELSIF EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}' "
+        "AND (rolsuper OR rolbypassrls)) THEN "
+        f"RAISE EXCEPTION 'role {role} bypasses row-level security'; "
+        "END IF; END $$",
+        f"GRANT USAGE ON SCHEMA {ns} TO {quoted}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {ns} TO {quoted}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {ns} TO {quoted}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {ns} "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {quoted}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {ns} GRANT USAGE, SELECT ON SEQUENCES TO {quoted}",
+    ]
+
+
+def _set_tenant(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    """``after_begin``: write the session's tenant (or '' for none) into this transaction."""
+    if connection.dialect.name != "postgresql":
+        return
+    tenant = session.info.get(TENANT_INFO_KEY)
+    value = str(uuid.UUID(str(tenant))) if tenant is not None else ""
+    connection.execute(_SET_TENANT, {"tenant": value})
+
+
+def install_rls_tenant_setting(target: type[Session] | sessionmaker[Any] | Session) -> None:
+    """Set ``app.tenant_id`` per transaction for every session of ``target`` (idempotent).
+
+    Unscoped sessions set it to '' explicitly, so nothing a previous user of the pooled
+    connection left at session level can leak in. On other dialects this is a no-op.
+    """
+    if target is Session:
+        msg = "install on a Session subclass (e.g. TenantSession), not on Session itself"
+        raise TypeError(msg)
+    if not event.contains(target, "after_begin", _set_tenant):
+        event.listen(target, "after_begin", _set_tenant)
