@@ -1,6 +1,6 @@
 import httpx
 import pytest
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import APIRouter, FastAPI, Header, HTTPException
 from sqlalchemy import Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -84,6 +84,21 @@ async def test_a_new_route_without_probe_fails_the_run() -> None:
             AssertionError, match=r"DELETE /things/\{thing_id\}: no isolation probe"
         ):
             await assert_isolated(client, app, PROBES, public=PUBLIC)
+
+
+def test_routes_of_included_routers_are_enumerated() -> None:
+    """Routes added through include_router (with prefixes) are enumerated with full paths."""
+    inner = APIRouter(prefix="/inner")
+
+    @inner.get("/{thing_id}")
+    async def thing(thing_id: str) -> str:
+        return thing_id
+
+    outer = APIRouter()
+    outer.include_router(inner, prefix="/outer")
+    app = FastAPI()
+    app.include_router(outer, prefix="/api")
+    assert ("GET", "/api/outer/inner/{thing_id}") in app_routes(app)
 
 
 def test_routes_are_enumerated_with_methods() -> None:

@@ -6,13 +6,13 @@ import contextlib
 import csv
 import io
 import itertools
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from hardened.db.csv_import import (
     CsvSpec,
@@ -516,3 +516,21 @@ async def test_sink_gets_row_numbers_and_its_errors_end_delivery() -> None:
     assert report.errors == (RowError(30, "sku", "unknown sku", "import.unknown"),)
     assert batches == [list(range(2, 12)), list(range(12, 22)), list(range(22, 32))]
     assert report.to_problem().errors[0].loc == ("row", 30, "sku")
+
+
+@pytest.mark.anyio
+async def test_constrained_optional_text_fields_are_neutralised() -> None:
+    """Optional[Annotated[str, constraints]] fields are text too and get the formula prefix."""
+
+    class Noted(BaseModel):
+        ref: Annotated[str, StringConstraints(max_length=10)]
+        note: Annotated[str, StringConstraints(max_length=50)] | None = None
+
+    got: list[Noted] = []
+
+    async def sink(batch: Sequence[tuple[int, Noted]]) -> None:
+        got.extend(row for _, row in batch)
+
+    data = "ref,note\r\n=A,@SUM(A1)\r\nb,\r\n"
+    assert (await import_csv(stream(data), CsvSpec(Noted), sink)).ok
+    assert [(r.ref, r.note) for r in got] == [("'=A", "'@SUM(A1)"), ("b", None)]

@@ -31,7 +31,7 @@ import re
 import types
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, ValidationError
 
@@ -156,10 +156,15 @@ def _short(text: str) -> str:
     return text if len(text) <= 100 else text[:99] + "…"  # never echo a long cell back
 
 
+def _bare(hint: Any) -> Any:
+    return get_args(hint)[0] if get_origin(hint) is Annotated else hint
+
+
 def _types(field: FieldInfo) -> set[Any]:
-    """The annotation's members (``str | None`` -> ``{str, NoneType}``)."""
-    hint = field.annotation
-    return set(get_args(hint)) if get_origin(hint) in (Union, types.UnionType) else {hint}
+    """The annotation's members, constraints stripped (``Annotated[str, …] | None``: str, None)."""
+    hint = _bare(field.annotation)
+    members = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    return {_bare(member) for member in members}
 
 
 def _names(name: str, field: FieldInfo) -> list[str]:

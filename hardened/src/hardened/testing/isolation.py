@@ -64,17 +64,27 @@ def app_routes(app: Any) -> list[RouteKey]:
     """Every (method, path) an ASGI app routes, from Starlette/FastAPI routing tables."""
     found: set[RouteKey] = set()
 
+    def add(path: str, methods: Iterable[str] | None) -> None:
+        if methods:
+            found.update((m, path) for m in methods if m not in _IGNORED_METHODS)
+        else:
+            found.add(("WEBSOCKET", path))
+
     def walk(routes: Iterable[Any], prefix: str) -> None:
         for route in routes:
+            # FastAPI includes routers lazily; their routes are only reachable this way.
+            contexts = getattr(route, "effective_route_contexts", None)
+            if callable(contexts):
+                for context in contexts():
+                    add(prefix + context.path, getattr(context, "methods", None))
+                continue
             path = prefix + getattr(route, "path", "")
             sub = getattr(route, "routes", None)
-            methods = getattr(route, "methods", None)
-            if methods:
-                found.update((m, path) for m in methods if m not in _IGNORED_METHODS)
-            elif sub is not None:
+            if getattr(route, "methods", None) or sub is None:
+                if hasattr(route, "path"):
+                    add(path, getattr(route, "methods", None))
+            else:
                 walk(sub, path)
-            elif hasattr(route, "path"):
-                found.add(("WEBSOCKET", path))
 
     walk(getattr(app, "routes", ()), "")
     return sorted(found)
@@ -140,9 +150,7 @@ async def assert_isolated(
     return probed
 
 
-def tenant_models_without_mixin(
-    base: Any, mixin: type, *, column: str = "tenant_id"
-) -> list[str]:
+def tenant_models_without_mixin(base: Any, mixin: type, *, column: str = "tenant_id") -> list[str]:
     """Mapped classes of ``base`` that have a ``column`` but do not use ``mixin``."""
     offenders = []
     for mapper in base.registry.mappers:
