@@ -9,9 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from sf_support import client_for, make_settings
+from sf_support import ShopDatabase, client_for, make_settings
 from shopfront.app import create_app
-from shopfront.migrate import upgrade_async
+from shopfront.migrate import DEFAULT_APP_ROLE, upgrade_async
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -78,3 +78,54 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the SQLite app."""
     async with client_for(app) as c:
         yield c
+
+
+def app_role_url(owner_url: str, role: str = DEFAULT_APP_ROLE) -> str:
+    """The same PostgreSQL database, reached as the app role (trust auth in tests)."""
+    parts = urlsplit(owner_url)
+    netloc = f"{role}@{parts.hostname}:{parts.port or 5432}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def migrated_postgres(owner_url: str) -> ShopDatabase:
+    """Migrate as the owner, let the app role log in, return both URLs."""
+    await upgrade_async(owner_url)
+    admin = urlunsplit(urlsplit(owner_url)._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"ALTER ROLE {DEFAULT_APP_ROLE} LOGIN")
+    return ShopDatabase("postgres", app_role_url(owner_url), owner_url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def shop_db(request: pytest.FixtureRequest) -> ShopDatabase:
+    """A migrated shop database on SQLite, or on PostgreSQL behind RLS."""
+    if request.param == "sqlite":
+        url = str(request.getfixturevalue("sqlite_url"))
+        await upgrade_async(url)
+        return ShopDatabase("sqlite", url, url)
+    return await migrated_postgres(str(request.getfixturevalue("postgres_url")))
+
+
+@pytest.fixture
+async def pg_shop_db(postgres_url: str) -> ShopDatabase:
+    """A migrated PostgreSQL shop database behind RLS."""
+    return await migrated_postgres(postgres_url)
+
+
+@pytest.fixture
+async def shop_client(shop_db: ShopDatabase) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app on ``shop_db``."""
+    application = create_app(make_settings(shop_db.url, migration_database_url=shop_db.owner_url))
+    async with client_for(application) as c:
+        yield c
+    await application.state.shopfront.db.aclose()
+
+
+@pytest.fixture
+async def shop_client_pg(pg_shop_db: ShopDatabase) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app on the PostgreSQL shop database."""
+    settings = make_settings(pg_shop_db.url, migration_database_url=pg_shop_db.owner_url)
+    application = create_app(settings)
+    async with client_for(application) as c:
+        yield c
+    await application.state.shopfront.db.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -12,7 +13,7 @@ from shopfront.settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["client_for", "make_settings"]
+__all__ = ["Shop", "ShopDatabase", "client_for", "make_settings", "new_shop", "order_body"]
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -38,3 +39,54 @@ def client_for(app: FastAPI) -> httpx.AsyncClient:
     """An in-process client that renders app errors instead of raising them."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://shop.test")
+
+
+@dataclass(frozen=True, slots=True)
+class ShopDatabase:
+    """A migrated database: the app connects with ``url`` (non-owner role on PostgreSQL)."""
+
+    kind: str
+    url: str
+    owner_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shop:
+    """A shop created over HTTP: its id, API key headers and a few fixtures' ids."""
+
+    tenant_id: str
+    headers: dict[str, str]
+    customer_id: str
+    item_id: str
+    price_cents: int
+
+
+async def new_shop(client: httpx.AsyncClient, name: str = "shop", *, price: int = 1000) -> Shop:
+    """Create a shop with one customer and one catalog item, all over HTTP."""
+    domain = f"{name}-{secrets.token_hex(4)}.myshopify.com"
+    created = await client.post("/tenants", json={"name": name, "domain": domain})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    headers = {"authorization": f"Bearer {body['api_key']}"}
+    customer = await client.post(
+        "/customers", json={"email": f"c@{name}.example", "name": "C"}, headers=headers
+    )
+    assert customer.status_code == 201, customer.text
+    item = await client.post(
+        "/catalog/items",
+        json={"kind": "plan", "sku": "PLAN-1", "name": "Plan", "price_cents": price},
+        headers=headers,
+    )
+    assert item.status_code == 201, item.text
+    return Shop(body["id"], headers, customer.json()["id"], item.json()["id"], price)
+
+
+def order_body(shop: Shop, *, coupon: str | None = None, quantity: int = 1) -> dict[str, Any]:
+    """A one-line order for the shop's customer and item."""
+    body: dict[str, Any] = {
+        "customer_id": shop.customer_id,
+        "lines": [{"item_id": shop.item_id, "quantity": quantity}],
+    }
+    if coupon:
+        body["coupon_code"] = coupon
+    return body

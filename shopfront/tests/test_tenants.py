@@ -14,7 +14,7 @@ from shopfront.migrate import upgrade_async
 async def test_create_normalises_and_reads_back(
     any_database_url: str, app_factory: Callable[..., FastAPI]
 ) -> None:
-    """A shop is created with its normalised domain and read back by id (SQLite and PostgreSQL)."""
+    """A shop is created with its normalised domain and key, and reads itself back (both DBs)."""
     await upgrade_async(any_database_url)
     app = app_factory(make_settings(any_database_url))
     async with client_for(app) as client:
@@ -24,10 +24,18 @@ async def test_create_normalises_and_reads_back(
         assert created.status_code == 201
         body = created.json()
         assert body["domain"] == "shop.myshopify.com"
-        fetched = await client.get(f"/tenants/{body['id']}")
+        key = body.pop("api_key")
+        assert key.startswith("sfk_")
+        auth = {"authorization": f"Bearer {key}"}
+        fetched = await client.get(f"/tenants/{body['id']}", headers=auth)
         assert fetched.json() == body
-        missing = await client.get(f"/tenants/{uuid.uuid4()}")
+        missing = await client.get(f"/tenants/{uuid.uuid4()}", headers=auth)
         assert (missing.status_code, missing.json()["code"]) == (404, "tenant.not_found")
+        anonymous = await client.get(f"/tenants/{body['id']}")
+        assert (anonymous.status_code, anonymous.json()["code"]) == (
+            401,
+            "auth.missing_credentials",
+        )
     await app.state.shopfront.db.aclose()
 
 

@@ -20,6 +20,7 @@ from hardened.http import (
     BodyLimitMiddleware,
     ClientIPMiddleware,
     ContentTypeMiddleware,
+    ContentTypePolicy,
     CORSMiddleware,
     CORSPolicy,
     RequestIdMiddleware,
@@ -33,7 +34,8 @@ from hardened.observability import Health, check
 from hardened.stores import MemoryStore, RedisStore
 from shopfront import __version__
 from shopfront.db import Database
-from shopfront.routes import tenants
+from shopfront.routes import catalog, coupons, customers, orders, tenants
+from shopfront.services.imports import IMPORT_MAX_BYTES
 from shopfront.settings import Settings
 from shopfront.state import AppState, app_state
 
@@ -77,7 +79,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _add_routes(app: FastAPI) -> None:
-    app.include_router(tenants.router)
+    for router in (
+        tenants.router,
+        customers.router,
+        catalog.router,
+        coupons.router,
+        orders.router,
+        orders.shipments,
+    ):
+        app.include_router(router)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:
@@ -100,8 +110,14 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     proxies = TrustedProxies.from_strings(settings.trusted_proxies)
     debug = settings.debug_enabled
     # add_middleware wraps: the last one added is the outermost.
-    app.add_middleware(ContentTypeMiddleware, debug=debug)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, debug=debug)
+    csv_only = ContentTypePolicy(path_overrides={"/orders/import": {"text/csv"}})
+    app.add_middleware(ContentTypeMiddleware, policy=csv_only, debug=debug)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        path_overrides={"/orders/import": IMPORT_MAX_BYTES},
+        debug=debug,
+    )
     cors = CORSPolicy(
         allow_origins=settings.cors_origins, allow_origin_patterns=settings.cors_origin_patterns
     )

@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _load()
     if settings.should_auto_migrate:
-        upgrade(settings.database_url)
+        upgrade(settings.migrations_url, app_role=settings.db_app_role)
     uvicorn.run(
         "shopfront.app:create_app",
         factory=True,
@@ -55,7 +55,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from shopfront.migrate import upgrade  # noqa: PLC0415
 
     settings = _load()
-    upgrade(settings.database_url, args.revision)
+    upgrade(settings.migrations_url, args.revision, app_role=settings.db_app_role)
     sys.stdout.write(f"database at revision {args.revision}\n")
     return 0
 

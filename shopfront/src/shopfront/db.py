@@ -12,6 +12,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from hardened.db.tenancy import TenantSession
+from hardened.db.transaction import sqlite_immediate_transactions
+
 if TYPE_CHECKING:
     from shopfront.settings import Settings
 
@@ -37,7 +40,17 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if settings.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession)
+            # One writer at a time, locked from BEGIN: concurrent writers queue on
+            # the busy timeout instead of failing with "database is locked".
+            sqlite_immediate_transactions(self.engine)
+        # TenantSession scopes every statement to the session's tenant (and sets
+        # app.tenant_id per transaction for PostgreSQL row-level security).
+        self.sessions = async_sessionmaker(
+            self.engine,
+            expire_on_commit=False,
+            class_=AsyncSession,
+            sync_session_class=TenantSession,
+        )
 
     async def ping(self) -> None:
         """Readiness probe: one trivial query."""

@@ -36,6 +36,9 @@ class Settings(HardenedSettings):
     """Every knob of the service; names are the environment variables, upper-cased."""
 
     database_url: str = "sqlite+aiosqlite:///shopfront.db"
+    migration_database_url: str | None = None
+    """The owner connection for migrations; the app itself connects as DB_APP_ROLE."""
+    db_app_role: str = Field(default="shopfront_app", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     redis_url: str | None = None
 
     jwt_secret: SecretStr | None = None
@@ -70,6 +73,10 @@ class Settings(HardenedSettings):
     @property
     def sqlalchemy_url(self) -> str:
         return async_database_url(self.database_url)
+
+    @property
+    def migrations_url(self) -> str:
+        return self.migration_database_url or self.database_url
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,7 +1,5 @@
 """Tenants (shops): creation with domain validation, lookup by id."""
 
-from __future__ import annotations
-
 import uuid
 from datetime import datetime
 from typing import Annotated
@@ -14,6 +12,7 @@ from hardened.domains import normalize_tenant_domain
 from hardened.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shopfront.models import Tenant
 from shopfront.state import AppState, app_state
+from shopfront.tenant_auth import Tenancy, hash_api_key, new_api_key
 
 __all__ = ["router"]
 
@@ -34,6 +33,10 @@ class TenantOut(BaseModel):
     created_at: datetime
 
 
+class TenantCreated(TenantOut):
+    api_key: str = Field(description="Shown once; store it, it cannot be read again.")
+
+
 def _out(tenant: Tenant) -> TenantOut:
     return TenantOut(
         id=tenant.id, name=tenant.name, domain=tenant.domain, created_at=tenant.created_at
@@ -43,7 +46,7 @@ def _out(tenant: Tenant) -> TenantOut:
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_tenant(
     body: TenantIn, state: Annotated[AppState, Depends(app_state)]
-) -> TenantOut:
+) -> TenantCreated:
     """Create a shop; the domain must be a hostname under a configured suffix."""
     try:
         domain = normalize_tenant_domain(body.domain, state.settings.tenant_domain_suffixes)
@@ -52,7 +55,8 @@ async def create_tenant(
             "The shop domain is not acceptable.",
             errors=[FieldError(("body", "domain"), f"domain {exc}", "value_error.domain")],
         ) from None
-    tenant = Tenant(name=body.name.strip(), domain=domain)
+    api_key = new_api_key()
+    tenant = Tenant(name=body.name.strip(), domain=domain, api_key_hash=hash_api_key(api_key))
     async with state.db.sessions() as session:
         session.add(tenant)
         try:
@@ -61,15 +65,15 @@ async def create_tenant(
             raise Conflict(
                 "A shop with this domain already exists.", code="tenant.domain_taken"
             ) from None
-    return _out(tenant)
+    return TenantCreated(**_out(tenant).model_dump(), api_key=api_key)
 
 
 @router.get("/{tenant_id}")
-async def get_tenant(
-    tenant_id: uuid.UUID, state: Annotated[AppState, Depends(app_state)]
-) -> TenantOut:
-    """One shop by id."""
-    async with state.db.sessions() as session:
+async def get_tenant(tenant_id: uuid.UUID, t: Tenancy) -> TenantOut:
+    """The calling shop itself; any other shop id is not found."""
+    if tenant_id != t.tenant_id:
+        raise NotFound("No such shop.", code="tenant.not_found")
+    async with t.state.db.sessions() as session:
         tenant = await session.get(Tenant, tenant_id)
     if tenant is None:
         raise NotFound("No such shop.", code="tenant.not_found")

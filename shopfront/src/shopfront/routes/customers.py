@@ -1,0 +1,48 @@
+"""Customers of a shop."""
+
+import uuid
+
+from fastapi import APIRouter, status
+from sqlalchemy import select
+
+from hardened.db.integrity import integrity_errors
+from hardened.errors import Conflict, NotFound
+from shopfront.models import Base, Customer
+from shopfront.pagination import Cursor, Limit, next_cursor, page_query
+from shopfront.schemas import CustomerIn, CustomerOut, Page
+from shopfront.tenant_auth import Tenancy
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/customers", tags=["customers"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_customer(body: CustomerIn, t: Tenancy) -> CustomerOut:
+    """Add a customer; emails are unique per shop (compared lower-cased)."""
+    customer = Customer(tenant_id=t.tenant_id, email=body.email.lower(), name=body.name)
+    async with t.session.begin():
+        t.session.add(customer)
+        with integrity_errors(
+            {"uq_customers_tenant_id_email": lambda: Conflict(code="customer.email_taken")},
+            metadata=Base.metadata,
+        ):
+            await t.session.flush()
+    return CustomerOut.model_validate(customer)
+
+
+@router.get("")
+async def list_customers(t: Tenancy, limit: Limit = 50, cursor: Cursor = None) -> Page[CustomerOut]:
+    """Customers, newest first."""
+    rows = (await t.session.scalars(page_query(select(Customer), Customer, limit, cursor))).all()
+    items = [CustomerOut.model_validate(c) for c in rows[:limit]]
+    return Page[CustomerOut](items=items, next_cursor=next_cursor(rows, limit))
+
+
+@router.get("/{customer_id}")
+async def get_customer(customer_id: uuid.UUID, t: Tenancy) -> CustomerOut:
+    """One customer of this shop."""
+    customer = await t.session.get(Customer, customer_id)
+    if customer is None:
+        raise NotFound("No such customer.", code="customer.not_found")
+    return CustomerOut.model_validate(customer)

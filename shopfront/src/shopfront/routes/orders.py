@@ -1,0 +1,114 @@
+"""Orders and shipments over HTTP; the rules live in `shopfront.services.orders`."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+from sqlalchemy import select
+
+from hardened.errors import NotFound
+from shopfront.models import Order, Shipment
+from shopfront.pagination import Cursor, Limit, next_cursor, page_query
+from shopfront.schemas import (
+    ImportSummary,
+    OrderIn,
+    OrderOut,
+    OrderStatus,
+    Page,
+    ShipmentIn,
+    ShipmentOut,
+    ShipmentUpdate,
+    TransitionIn,
+)
+from shopfront.services import imports
+from shopfront.services import orders as service
+from shopfront.tenant_auth import Tenancy
+
+__all__ = ["router", "shipments"]
+
+router = APIRouter(prefix="/orders", tags=["orders"])
+shipments = APIRouter(prefix="/shipments", tags=["shipments"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_order(body: OrderIn, t: Tenancy) -> OrderOut:
+    """Place an order; a coupon is redeemed in the same transaction or not at all."""
+    async with t.session.begin():
+        order = await service.create_order(t.session, t.tenant_id, body)
+    return OrderOut.model_validate(order)
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
+async def import_orders(request: Request, t: Tenancy) -> ImportSummary:
+    """Import orders from CSV (streamed); any bad row imports nothing and is reported by row."""
+    async with t.session.begin():
+        report = await imports.import_orders(t.session, t.tenant_id, request.stream())
+        if not report.ok:
+            raise report.to_problem()
+    return ImportSummary(imported=report.rows_valid, rows_read=report.rows_read)
+
+
+@router.get("")
+async def list_orders(
+    t: Tenancy,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    status_: Annotated[OrderStatus | None, Query(alias="status")] = None,
+) -> Page[OrderOut]:
+    """Orders, newest first, optionally by status."""
+    stmt = select(Order)
+    if status_:
+        stmt = stmt.where(Order.status == status_)
+    rows = (await t.session.scalars(page_query(stmt, Order, limit, cursor))).all()
+    items = [OrderOut.model_validate(o) for o in rows[:limit]]
+    return Page[OrderOut](items=items, next_cursor=next_cursor(rows, limit))
+
+
+@router.get("/{order_id}")
+async def get_order(order_id: uuid.UUID, t: Tenancy) -> OrderOut:
+    """One order of this shop with its lines."""
+    order = await t.session.get(Order, order_id)
+    if order is None:
+        raise NotFound("No such order.", code="order.not_found")
+    return OrderOut.model_validate(order)
+
+
+@router.post("/{order_id}/transitions")
+async def transition(order_id: uuid.UUID, body: TransitionIn, t: Tenancy) -> OrderOut:
+    """Change an order's status from the version the client saw (409 if it moved since)."""
+    async with t.session.begin():
+        order = await service.transition_order(
+            t.session, t.tenant_id, order_id, body.to, body.version
+        )
+    return OrderOut.model_validate(order)
+
+
+@router.post("/{order_id}/shipments", status_code=status.HTTP_201_CREATED)
+async def ship(order_id: uuid.UUID, body: ShipmentIn, t: Tenancy) -> ShipmentOut:
+    """Ship a paid order: status change and shipment are written together or not at all."""
+    async with t.session.begin():
+        shipment = await service.ship_order(t.session, t.tenant_id, order_id, body)
+    return ShipmentOut.model_validate(shipment)
+
+
+@shipments.get("/{shipment_id}")
+async def get_shipment(shipment_id: uuid.UUID, t: Tenancy) -> ShipmentOut:
+    """One shipment of this shop."""
+    shipment = await t.session.get(Shipment, shipment_id)
+    if shipment is None:
+        raise NotFound("No such shipment.", code="shipment.not_found")
+    return ShipmentOut.model_validate(shipment)
+
+
+@shipments.patch("/{shipment_id}")
+async def update_shipment(shipment_id: uuid.UUID, body: ShipmentUpdate, t: Tenancy) -> ShipmentOut:
+    """Change a shipment's status from the version the client saw."""
+    async with t.session.begin():
+        shipment = await service.update_shipment(
+            t.session, t.tenant_id, shipment_id, body.status, body.version
+        )
+    return ShipmentOut.model_validate(shipment)

@@ -1,0 +1,167 @@
+"""Real worker processes and concurrent HTTP storms for shopfront's guarantee tests.
+
+Workers are separate ``python -m shopfront serve`` processes on their own
+ports sharing one database, so a guarantee that holds here holds across
+processes. The storm client opens its keep-alive connections first and then
+fires everything at once (BENCHMARKING.md: aiohttp, not httpx), and reports
+how many requests were really in flight together so a test can prove the storm
+was concurrent rather than a queue of replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+import aiohttp
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+__all__ = ["Call", "Result", "Storm", "free_port", "storm", "workers"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def workers(count: int, env: Mapping[str, str]) -> Iterator[list[str]]:
+    """Start ``count`` shopfront processes; yield their base URLs; stop them after."""
+    base_env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    procs: list[tuple[subprocess.Popen[bytes], str]] = []
+    # A log file, not a pipe: nobody drains a pipe, and a full one blocks the worker.
+    logs = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
+    try:
+        for _ in range(count):
+            port = free_port()
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "shopfront",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env={**base_env, **env},
+                stdout=logs,
+                stderr=logs,
+            )
+            procs.append((proc, f"http://127.0.0.1:{port}"))
+        for proc, url in procs:
+            _wait_live(proc, url, logs)
+        yield [url for _, url in procs]
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        logs.close()
+
+
+def _wait_live(proc: subprocess.Popen[bytes], url: str, logs: IO[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            logs.seek(0)
+            err = logs.read().decode(errors="replace")
+            msg = f"worker exited with {proc.returncode}: {err[-2000:]}"
+            raise RuntimeError(msg)
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    msg = f"worker at {url} did not come up"
+    raise RuntimeError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    method: str
+    url: str
+    json: Any = None
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    status: int
+    body: Any
+    started: float
+    ended: float
+
+
+@dataclass(frozen=True, slots=True)
+class Storm:
+    results: list[Result]
+    max_in_flight: int
+
+    def statuses(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for r in self.results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
+
+
+def _max_overlap(results: Sequence[Result]) -> int:
+    events = sorted([(r.started, 1) for r in results] + [(r.ended, -1) for r in results])
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+async def storm(calls: Sequence[Call], *, connections: int, warm: Sequence[str]) -> Storm:
+    """Fire ``calls`` together over ``connections`` pre-opened keep-alive connections."""
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        per_host = max(1, connections // max(1, len(warm)))
+
+        async def ping(url: str) -> None:
+            async with session.get(f"{url}/health/live") as resp:
+                await resp.read()
+
+        await asyncio.gather(*(ping(url) for url in warm for _ in range(per_host)))
+        gate = asyncio.Event()
+
+        async def one(call: Call) -> Result:
+            await gate.wait()
+            started = time.perf_counter()
+            async with session.request(
+                call.method, call.url, json=call.json, headers=dict(call.headers or {})
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+            ended = time.perf_counter()
+            body: Any
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode(errors="replace")
+            return Result(status, body, started, ended)
+
+        tasks = [asyncio.create_task(one(call)) for call in calls]
+        await asyncio.sleep(0)
+        gate.set()
+        results = list(await asyncio.gather(*tasks))
+    return Storm(results, _max_overlap(results))

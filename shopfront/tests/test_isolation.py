@@ -1,0 +1,182 @@
+"""Tenant B, holding tenant A's ids, can neither read nor change A's rows through any route."""
+
+import psycopg
+import pytest
+from httpx import AsyncClient
+from psycopg import sql
+
+from hardened.db.tenancy import TenantScoped
+from hardened.testing import Probe, assert_isolated, tenant_models_without_mixin
+from sf_support import Shop, ShopDatabase, client_for, make_settings, new_shop, order_body
+from shopfront.app import create_app
+from shopfront.models import Base
+
+PUBLIC = {
+    ("POST", "/tenants"),
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/openapi.json"),
+}
+CSV = "external_ref,customer_email,sku,quantity,note\r\n"
+
+
+async def _seed_a(client: AsyncClient) -> tuple[Shop, dict[str, str]]:
+    a = await new_shop(client, "alpha")
+    h = a.headers
+    coupon = (
+        await client.post(
+            "/coupons", json={"code": "A-ONLY", "percent_off": 5, "usage_limit": 9}, headers=h
+        )
+    ).json()
+    imported = await client.post(
+        "/orders/import",
+        content=CSV + "A-REF-1,c@alpha.example,PLAN-1,1,\r\n",
+        headers={**h, "content-type": "text/csv"},
+    )
+    assert imported.status_code == 201, imported.text
+    order = (await client.post("/orders", json=order_body(a, coupon="A-ONLY"), headers=h)).json()
+    await client.post(
+        f"/orders/{order['id']}/transitions", json={"to": "paid", "version": 1}, headers=h
+    )
+    shipment = (
+        await client.post(
+            f"/orders/{order['id']}/shipments", json={"carrier": "DHL", "version": 2}, headers=h
+        )
+    ).json()
+    return a, {
+        "coupon_id": coupon["id"],
+        "order_id": order["id"],
+        "order_number": order["number"],
+        "shipment_id": shipment["id"],
+    }
+
+
+def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Probe]:
+    secrets = (a.customer_id, a.item_id, ids["order_id"], ids["order_number"], "c@alpha.example")
+    return {
+        ("GET", "/tenants/{tenant_id}"): Probe(path_params={"tenant_id": a.tenant_id}),
+        ("POST", "/customers"): Probe(
+            json={"email": "c@alpha.example", "name": "Same email, other shop"},
+            expect="absent",
+            secrets=(a.customer_id,),
+        ),
+        ("GET", "/customers"): Probe(expect="absent", secrets=secrets),
+        ("GET", "/customers/{customer_id}"): Probe(path_params={"customer_id": a.customer_id}),
+        ("POST", "/catalog/items"): Probe(
+            json={"kind": "plan", "sku": "PLAN-1-B", "name": "n", "price_cents": 1},
+            expect="absent",
+            secrets=(a.item_id,),
+        ),
+        ("GET", "/catalog/items"): Probe(expect="absent", secrets=(a.item_id,)),
+        ("GET", "/catalog/items/{item_id}"): Probe(path_params={"item_id": a.item_id}),
+        ("POST", "/coupons"): Probe(
+            json={"code": "A-ONLY", "percent_off": 5, "usage_limit": 1},
+            expect="absent",
+            secrets=(ids["coupon_id"],),
+        ),
+        ("GET", "/coupons/{coupon_id}"): Probe(path_params={"coupon_id": ids["coupon_id"]}),
+        ("POST", "/orders"): Probe(json=order_body(a)),  # A's customer and item: not found
+        ("POST", "/orders/import"): Probe(
+            content=(CSV + "A-REF-1,c@beta.example,PLAN-1,1,\r\n").encode(),
+            headers={"content-type": "text/csv"},
+            expect="absent",
+            secrets=(ids["order_id"],),
+        ),
+        ("GET", "/orders"): Probe(expect="absent", secrets=secrets),
+        ("GET", "/orders/{order_id}"): Probe(path_params={"order_id": ids["order_id"]}),
+        ("POST", "/orders/{order_id}/transitions"): Probe(
+            path_params={"order_id": ids["order_id"]}, json={"to": "cancelled", "version": 2}
+        ),
+        ("POST", "/orders/{order_id}/shipments"): Probe(
+            path_params={"order_id": ids["order_id"]}, json={"carrier": "UPS", "version": 2}
+        ),
+        ("GET", "/shipments/{shipment_id}"): Probe(path_params={"shipment_id": ids["shipment_id"]}),
+        ("PATCH", "/shipments/{shipment_id}"): Probe(
+            path_params={"shipment_id": ids["shipment_id"]},
+            json={"status": "returned", "version": 1},
+        ),
+    }
+
+
+@pytest.mark.anyio
+async def test_every_route_isolates_tenants(shop_db: ShopDatabase) -> None:
+    """Every route answers B with 404 or nothing of A's; A's rows are unchanged afterwards."""
+    app = create_app(make_settings(shop_db.url, migration_database_url=shop_db.owner_url))
+    try:
+        async with client_for(app) as client:
+            a, ids = await _seed_a(client)
+            b = await new_shop(client, "beta")
+            client.headers.update(b.headers)
+            probed = await assert_isolated(client, app, _probes(a, ids, b), public=PUBLIC)
+            client.headers.update(a.headers)
+            order = (await client.get(f"/orders/{ids['order_id']}")).json()
+            shipment = (await client.get(f"/shipments/{ids['shipment_id']}")).json()
+            coupon = (await client.get(f"/coupons/{ids['coupon_id']}")).json()
+    finally:
+        await app.state.shopfront.db.aclose()
+    assert len(probed) == 17
+    assert (order["status"], order["version"]) == ("shipped", 3)
+    assert (shipment["status"], shipment["version"]) == ("label_created", 1)
+    assert coupon["used"] == 1
+
+
+def test_every_model_with_a_tenant_column_uses_the_mixin() -> None:
+    """No mapped class carries tenant_id without TenantScoped (and so without scoping)."""
+    assert tenant_models_without_mixin(Base, TenantScoped) == []
+
+
+TENANT_TABLES_SQL = """
+SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity
+FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+WHERE a.attname = 'tenant_id' AND c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace
+"""
+
+
+@pytest.mark.anyio
+async def test_rls_alone_hides_foreign_rows_from_the_app_role(pg_shop_db: ShopDatabase) -> None:
+    """As the app role, raw SQL with tenant A set sees no row of B in any tenant table."""
+    app = create_app(make_settings(pg_shop_db.url))
+    try:
+        async with client_for(app) as client:
+            a, _ = await _seed_a(client)
+            b = await new_shop(client, "beta")
+            await client.post("/orders", json=order_body(b), headers=b.headers)
+    finally:
+        await app.state.shopfront.db.aclose()
+    owner = pg_shop_db.owner_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(owner) as conn:
+        tables = conn.execute(TENANT_TABLES_SQL).fetchall()
+        role = conn.execute(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'shopfront_app'"
+        ).fetchone()
+        owners = {
+            r[0]
+            for r in conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")
+        }
+    assert len(tables) == 8
+    assert all(enabled and forced for _, enabled, forced in tables), tables
+    assert role == (False, False)
+    assert "shopfront_app" not in owners
+    app_url = pg_shop_db.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(app_url) as conn:
+        count = sql.SQL("SELECT count(*) FROM {}")
+        unset = {t: conn.execute(count.format(sql.Identifier(t))).fetchone() for t, _, _ in tables}
+        conn.execute("SELECT set_config('app.tenant_id', %s, false)", (a.tenant_id,))
+        others = sql.SQL("SELECT count(*) FROM {} WHERE tenant_id <> %s")
+        foreign = {
+            t: conn.execute(others.format(sql.Identifier(t)), (a.tenant_id,)).fetchone()
+            for t, _, _ in tables
+        }
+        own = conn.execute("SELECT count(*) FROM orders").fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "INSERT INTO customers (id, tenant_id, email, name, created_at)"
+                " VALUES (gen_random_uuid(), %s, 'x@y.z', 'x', now())",
+                (b.tenant_id,),
+            )
+    assert set(unset.values()) == {(0,)}
+    assert set(foreign.values()) == {(0,)}
+    assert own == (2,)

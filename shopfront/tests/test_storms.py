@@ -1,0 +1,77 @@
+"""Guarantees under concurrency across two worker processes sharing one PostgreSQL database."""
+
+import secrets
+from collections import Counter
+
+import httpx
+import psycopg
+import pytest
+
+from sf_storm import Call, storm, workers
+from sf_support import ShopDatabase, new_shop, order_body
+
+
+def _worker_env(db: ShopDatabase) -> dict[str, str]:
+    return {
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": db.url,
+        "MIGRATION_DATABASE_URL": db.owner_url,
+        "AUTO_MIGRATE": "false",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "LOG_JSON": "true",
+        "JWT_SECRET": secrets.token_urlsafe(48),
+        "SESSION_SECRET": secrets.token_urlsafe(48),
+        "COOKIE_SECRET": secrets.token_urlsafe(48),
+    }
+
+
+def _owner_scalar(db: ShopDatabase, sql: str) -> object:
+    url = db.owner_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
+
+
+@pytest.mark.anyio
+async def test_coupon_limit_50_holds_under_500_redemptions(pg_shop_db: ShopDatabase) -> None:
+    """500 concurrent orders on a 50-use coupon over two workers: exactly 50 succeed, used = 50."""
+    with workers(2, _worker_env(pg_shop_db)) as urls:
+        async with httpx.AsyncClient(base_url=urls[0]) as client:
+            shop = await new_shop(client)
+            coupon = await client.post(
+                "/coupons",
+                json={"code": "STORM", "percent_off": 20, "usage_limit": 50},
+                headers=shop.headers,
+            )
+            body = order_body(shop, coupon="STORM")
+            calls = [Call("POST", f"{urls[i % 2]}/orders", body, shop.headers) for i in range(500)]
+            result = await storm(calls, connections=64, warm=urls)
+            used = (
+                await client.get(f"/coupons/{coupon.json()['id']}", headers=shop.headers)
+            ).json()
+    assert result.statuses() == {201: 50, 409: 450}
+    codes = Counter(r.body["code"] for r in result.results if r.status == 409)
+    assert codes == {"coupon.exhausted": 450}
+    assert all(r.body["correlation_id"] for r in result.results if r.status == 409)
+    assert used["used"] == 50
+    assert (
+        _owner_scalar(pg_shop_db, "SELECT count(*) FROM orders WHERE coupon_id IS NOT NULL") == 50
+    )
+    assert result.max_in_flight >= 32, "the storm was not concurrent"
+
+
+@pytest.mark.anyio
+async def test_1000_concurrent_orders_get_distinct_numbers(pg_shop_db: ShopDatabase) -> None:
+    """1,000 concurrent order creations over two workers: 1,000 distinct numbers, no 500."""
+    with workers(2, _worker_env(pg_shop_db)) as urls:
+        async with httpx.AsyncClient(base_url=urls[0]) as client:
+            shop = await new_shop(client)
+        body = order_body(shop)
+        calls = [Call("POST", f"{urls[i % 2]}/orders", body, shop.headers) for i in range(1000)]
+        result = await storm(calls, connections=64, warm=urls)
+    assert result.statuses() == {201: 1000}
+    numbers = {r.body["number"] for r in result.results}
+    assert len(numbers) == 1000
+    assert _owner_scalar(pg_shop_db, "SELECT count(DISTINCT number) FROM orders") == 1000
+    assert result.max_in_flight >= 32, "the storm was not concurrent"
