@@ -87,6 +87,7 @@ def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Prob
         ),
         ("GET", "/orders"): Probe(expect="absent", secrets=secrets),
         ("GET", "/orders/{order_id}"): Probe(path_params={"order_id": ids["order_id"]}),
+        ("GET", "/orders/{order_id}/history"): Probe(path_params={"order_id": ids["order_id"]}),
         ("POST", "/orders/{order_id}/transitions"): Probe(
             path_params={"order_id": ids["order_id"]}, json={"to": "cancelled", "version": 2}
         ),
@@ -117,7 +118,7 @@ async def test_every_route_isolates_tenants(shop_db: ShopDatabase) -> None:
             coupon = (await client.get(f"/coupons/{ids['coupon_id']}")).json()
     finally:
         await app.state.shopfront.db.aclose()
-    assert len(probed) == 17
+    assert len(probed) == 18
     assert (order["status"], order["version"]) == ("shipped", 3)
     assert (shipment["status"], shipment["version"]) == ("label_created", 1)
     assert coupon["used"] == 1

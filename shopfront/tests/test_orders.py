@@ -126,3 +126,6 @@ async def test_concurrent_transitions_from_one_version_one_wins(shop_client: Asy
         final = (await shop_client.get(f"/orders/{order['id']}", headers=h)).json()
         winner = first if first.status_code == 200 else second
         assert (final["status"], final["version"]) == (winner.json()["status"], 2)
+        history = (await shop_client.get(f"/orders/{order['id']}/history", headers=h)).json()
+        steps = [(c["version"], c["from_status"], c["to_status"]) for c in history]
+        assert steps == [(1, None, "pending"), (2, "pending", final["status"])]

@@ -27,6 +27,7 @@ __all__ = [
     "ShipmentIn",
     "ShipmentOut",
     "ShipmentUpdate",
+    "StatusChangeOut",
     "TransitionIn",
 ]
 
@@ -138,6 +139,13 @@ class OrderOut(_Out):
     note: str | None
     created_at: datetime
     lines: list[OrderLineOut]
+
+
+class StatusChangeOut(_Out):
+    version: int
+    from_status: str | None
+    to_status: str
+    at: datetime
 
 
 class TransitionIn(_In):

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, status
 from sqlalchemy import select
 
 from hardened.errors import NotFound
-from shopfront.models import Order, Shipment
+from shopfront.models import Order, OrderStatusChange, Shipment
 from shopfront.pagination import Cursor, Limit, next_cursor, page_query
 from shopfront.schemas import (
     ImportSummary,
@@ -18,6 +18,7 @@ from shopfront.schemas import (
     ShipmentIn,
     ShipmentOut,
     ShipmentUpdate,
+    StatusChangeOut,
     TransitionIn,
 )
 from shopfront.services import imports
@@ -75,6 +76,19 @@ async def get_order(order_id: uuid.UUID, t: Tenancy) -> OrderOut:
     if order is None:
         raise NotFound("No such order.", code="order.not_found")
     return OrderOut.model_validate(order)
+
+
+@router.get("/{order_id}/history")
+async def order_history(order_id: uuid.UUID, t: Tenancy) -> list[StatusChangeOut]:
+    """The order's status changes, one per version, oldest first."""
+    if await t.session.get(Order, order_id) is None:
+        raise NotFound("No such order.", code="order.not_found")
+    changes = await t.session.scalars(
+        select(OrderStatusChange)
+        .where(OrderStatusChange.order_id == order_id)
+        .order_by(OrderStatusChange.version)
+    )
+    return [StatusChangeOut.model_validate(c) for c in changes]
 
 
 @router.post("/{order_id}/transitions")
