@@ -36,10 +36,13 @@ from hardened.stores.memory import MemoryStore
 if TYPE_CHECKING:
     from hardened.stores.redis import RedisStore
 
+from hardened.stores._fallback import FallbackStore
+
 __all__ = [
     "FENCE_RETENTION",
     "AtomicScripts",
     "Counters",
+    "FallbackStore",
     "KeyValue",
     "Leases",
     "Lifecycle",

@@ -1,0 +1,118 @@
+"""A store that degrades to another when the first is unreachable (the non-strict mode).
+
+Some deployments prefer "keep serving from this process" over "refuse" while
+Redis is down. That trade has a price the operator must accept knowingly: what
+is written during the outage lives only in this worker and is gone on restart,
+and other workers do not see it. So the fallback is never silent: every
+operation that falls back is logged (``store.fallback``) and counted. Strict
+deployments (auth tokens with ``AUTH_REQUIRE_REDIS_FOR_TOKENS``) do not wrap
+their store and turn `StoreUnavailable` into a 503 instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from hardened.errors import StoreUnavailable
+from hardened.observability._metrics import counter
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from hardened.stores._contracts import Script, ScriptArg, Store
+
+__all__ = ["FallbackStore"]
+
+T = TypeVar("T")
+
+_FALLBACKS = counter(
+    "store_fallbacks_total", "Operations served by the fallback store.", ["operation"]
+)
+_log = structlog.get_logger("hardened.stores")
+
+
+class FallbackStore:
+    """Every `Store` capability on ``primary``, or on ``fallback`` when primary is unreachable."""
+
+    def __init__(self, primary: Store, fallback: Store) -> None:
+        self.primary = primary
+        self.fallback = fallback
+
+    async def _call(
+        self, operation: str, first: Callable[[], Awaitable[T]], second: Callable[[], Awaitable[T]]
+    ) -> T:
+        try:
+            return await first()
+        except StoreUnavailable:
+            _FALLBACKS.labels(operation=operation).inc()
+            _log.warning("store.fallback", operation=operation)
+            return await second()
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call(
+            "get", lambda: self.primary.get(key), lambda: self.fallback.get(key)
+        )
+
+    async def set(
+        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+    ) -> bool:
+        return await self._call(
+            "set",
+            lambda: self.primary.set(key, value, ttl=ttl, only_if_absent=only_if_absent),
+            lambda: self.fallback.set(key, value, ttl=ttl, only_if_absent=only_if_absent),
+        )
+
+    async def delete(self, *keys: str) -> int:
+        return await self._call(
+            "delete", lambda: self.primary.delete(*keys), lambda: self.fallback.delete(*keys)
+        )
+
+    async def ttl(self, key: str) -> float | None:
+        return await self._call(
+            "ttl", lambda: self.primary.ttl(key), lambda: self.fallback.ttl(key)
+        )
+
+    async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        return await self._call(
+            "incr",
+            lambda: self.primary.incr(key, amount, ttl=ttl),
+            lambda: self.fallback.incr(key, amount, ttl=ttl),
+        )
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        return await self._call(
+            script.name,
+            lambda: self.primary.run(script, keys, args),
+            lambda: self.fallback.run(script, keys, args),
+        )
+
+    async def acquire(self, key: str, owner: str, ttl: float) -> int | None:
+        return await self._call(
+            "acquire",
+            lambda: self.primary.acquire(key, owner, ttl),
+            lambda: self.fallback.acquire(key, owner, ttl),
+        )
+
+    async def renew(self, key: str, owner: str, token: int, ttl: float) -> bool:
+        return await self._call(
+            "renew",
+            lambda: self.primary.renew(key, owner, token, ttl),
+            lambda: self.fallback.renew(key, owner, token, ttl),
+        )
+
+    async def release(self, key: str, owner: str, token: int) -> bool:
+        return await self._call(
+            "release",
+            lambda: self.primary.release(key, owner, token),
+            lambda: self.fallback.release(key, owner, token),
+        )
+
+    async def ping(self) -> None:
+        """Readiness reports the primary: a fallback in use is a degraded state."""
+        await self.primary.ping()
+
+    async def aclose(self) -> None:
+        await self.primary.aclose()
+        await self.fallback.aclose()
