@@ -43,9 +43,11 @@ __all__ = [
     "Order",
     "OrderLine",
     "OrderStatusChange",
+    "PasswordReset",
     "Shipment",
     "Tenant",
     "UTCDateTime",
+    "User",
 ]
 
 MAX_ORDER_LINES = 100
@@ -101,6 +103,30 @@ class Tenant(Base):
     domain: Mapped[str] = mapped_column(String(253), unique=True)
     api_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class User(TenantScoped, Base):
+    """A person who signs in to a shop; the password is only ever stored hashed."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant_id", "email"),)
+
+    id: Mapped[uuid.UUID] = _id()
+    email: Mapped[str] = mapped_column(String(320))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class PasswordReset(TenantScoped, Base):
+    """A single-use, expiring reset token, stored as a keyed hash."""
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Customer(TenantScoped, Base):

@@ -8,7 +8,7 @@ secrets. Production sets ``ENVIRONMENT=production``, real secrets, and
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
@@ -53,6 +53,19 @@ class Settings(HardenedSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     tenant_domain_suffixes: CsvList = ("myshopify.com",)
     auth_require_redis_for_tokens: bool = False
+    auth_maintenance_mode: bool = False
+    auth_maintenance_message: str = Field(
+        default="Sign-in is paused for maintenance. Please try again shortly.", max_length=500
+    )
+    auth_maintenance_retry_after: int = Field(default=300, ge=1, le=86_400)
+    jwt_issuer: str = "shopfront"
+    jwt_audience: str = "shopfront-api"
+    access_token_ttl: int = Field(default=900, ge=60, le=3600)
+    refresh_token_ttl: int = Field(default=30 * 86_400, ge=3600)
+    refresh_grace_seconds: float = Field(default=10.0, ge=0, le=30)
+    password_scheme: Literal["argon2id", "bcrypt"] = "argon2id"  # noqa: S105 - a scheme name
+    bcrypt_rounds: int = Field(default=14, ge=12, le=16)
+    cookie_secure: bool = True
     auto_migrate: bool | None = None
     log_json: bool | None = None
 
