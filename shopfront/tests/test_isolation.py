@@ -157,7 +157,7 @@ async def test_rls_alone_hides_foreign_rows_from_the_app_role(pg_shop_db: ShopDa
             r[0]
             for r in conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")
         }
-    assert len(tables) == 8
+    assert len(tables) == 10  # every table with a tenant_id column
     assert all(enabled and forced for _, enabled, forced in tables), tables
     assert role == (False, False)
     assert "shopfront_app" not in owners
