@@ -9,6 +9,13 @@ from hardened.http._body import (
 )
 from hardened.http._client_ip import ClientIPMiddleware
 from hardened.http._cors import CORSMiddleware, CORSPolicy
+from hardened.http._csrf import (
+    CSRFMiddleware,
+    CSRFPolicy,
+    issue_csrf_token,
+    set_csrf_cookie_header,
+    verify_csrf_token,
+)
 from hardened.http._headers import (
     API_CSP,
     HSTS,
@@ -30,6 +37,8 @@ __all__ = [
     "BodyLimits",
     "CORSMiddleware",
     "CORSPolicy",
+    "CSRFMiddleware",
+    "CSRFPolicy",
     "ClientIPMiddleware",
     "ContentTypeMiddleware",
     "ContentTypePolicy",
@@ -39,5 +48,8 @@ __all__ = [
     "TrustedHostMiddleware",
     "TrustedHosts",
     "TrustedProxies",
+    "issue_csrf_token",
     "send_problem",
+    "set_csrf_cookie_header",
+    "verify_csrf_token",
 ]
