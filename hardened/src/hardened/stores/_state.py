@@ -2,11 +2,12 @@
 
 `MemoryState` is what a script's Python twin works on: its methods are named
 after the Redis commands a Lua script calls (``GET``, ``SET … PX … NX``,
-``INCRBY``, ``HSET``, ``SADD``, ``PEXPIRE``…) and behave like them, down to
-the details twins rely on: ``SET`` without a TTL clears the old one, ``HSET``
-and ``INCRBY`` keep it, an emptied hash or set disappears, a value of the wrong
-type or a non-integer under ``INCRBY`` fails. So a twin reads line by line like
-its Lua file.
+``INCRBY``, ``HSET``, ``SADD``, ``LPUSH``, ``ZADD``, ``PEXPIRE``…) and behave
+like them, down to the details twins rely on: ``SET`` without a TTL clears the
+old one, ``HSET`` and ``INCRBY`` keep it, an emptied hash, set, list or sorted
+set disappears, a value of the wrong type or a non-integer under ``INCRBY``
+fails, ranges take Redis's inclusive, negative-from-the-end indices. So a twin
+reads line by line like its Lua file.
 
 Expiry is lazy (a read of an expired key deletes it) plus a bounded sweep: a
 min-heap of deadlines from which each write pops at most ``sweep_batch``
@@ -31,7 +32,22 @@ if TYPE_CHECKING:
 __all__ = ["MemoryDataError", "MemoryState"]
 
 _Members = set[bytes]  # aliased: inside MemoryState, ``set`` is the SET command
-_Value = bytes | dict[bytes, bytes] | _Members
+_List = list[bytes]
+
+
+class _Sorted:
+    """A sorted set: member -> score (ordered on read by score, then member bytes)."""
+
+    __slots__ = ("scores",)
+
+    def __init__(self) -> None:
+        self.scores: dict[bytes, float] = {}
+
+    def ranked(self) -> list[tuple[bytes, float]]:
+        return sorted(self.scores.items(), key=lambda item: (item[1], item[0]))
+
+
+_Value = bytes | dict[bytes, bytes] | _Members | _List | _Sorted
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -57,12 +73,19 @@ def _parse_int(raw: bytes) -> int:
     return value
 
 
+def _span(length: int, start: int, stop: int) -> slice:
+    """Redis ``start``/``stop`` (inclusive, negative from the end) as a Python slice."""
+    first = max(start + length if start < 0 else start, 0)
+    last = min(stop + length if stop < 0 else stop, length - 1)
+    return slice(first, max(first, last + 1))
+
+
 def _wrong_type() -> MemoryDataError:
     return MemoryDataError("WRONGTYPE Operation against a key holding the wrong kind of value")
 
 
 class MemoryState:
-    """A keyspace of strings, hashes and sets with millisecond TTLs."""
+    """A keyspace of strings, hashes, sets, lists and sorted sets with millisecond TTLs."""
 
     __slots__ = ("_clock", "_data", "_expires", "_heap", "sweep_batch")
 
@@ -195,6 +218,10 @@ class MemoryState:
     def hgetall(self, key: str) -> dict[bytes, bytes]:
         return dict(self._hash(key) or {})
 
+    def hmget(self, key: str, *names: bytes) -> list[bytes | None]:
+        fields = self._hash(key) or {}
+        return [fields.get(name) for name in names]
+
     def hset(self, key: str, mapping: Mapping[bytes, bytes]) -> int:
         """``HSET key f v …``; returns the number of new fields."""
         if not mapping:
@@ -256,3 +283,93 @@ class MemoryState:
     def sismember(self, key: str, member: bytes) -> bool:
         current = self._set(key)
         return current is not None and member in current
+
+    # -- lists -------------------------------------------------------------
+
+    def _list(self, key: str) -> _List | None:
+        value = self._lookup(key)
+        if value is None or isinstance(value, list):
+            return value
+        raise _wrong_type()
+
+    def lpush(self, key: str, *values: bytes) -> int:
+        """``LPUSH key v1 v2 …``: each value goes to the head in turn (v2 before v1)."""
+        current = self._list(key)
+        if not values:
+            return 0 if current is None else len(current)
+        if current is None:
+            current = self._data[key] = _List()
+        current[:0] = reversed(values)
+        return len(current)
+
+    def ltrim(self, key: str, start: int, stop: int) -> None:
+        """Keep only the elements from ``start`` to ``stop`` (inclusive)."""
+        current = self._list(key)
+        if current is None:
+            return
+        current[:] = current[_span(len(current), start, stop)]
+        if not current:
+            self._remove(key)
+
+    def lrange(self, key: str, start: int, stop: int) -> list[bytes]:
+        current = self._list(key) or _List()
+        return current[_span(len(current), start, stop)]
+
+    def llen(self, key: str) -> int:
+        return len(self._list(key) or ())
+
+    def lpos(self, key: str, value: bytes) -> int | None:
+        """Index of the first element equal to ``value``, or None (``LPOS`` without options)."""
+        current = self._list(key) or _List()
+        return current.index(value) if value in current else None
+
+    # -- sorted sets -------------------------------------------------------
+
+    def _sorted(self, key: str) -> _Sorted | None:
+        value = self._lookup(key)
+        if value is None or isinstance(value, _Sorted):
+            return value
+        raise _wrong_type()
+
+    def zadd(self, key: str, mapping: Mapping[bytes, float]) -> int:
+        """``ZADD key score member …``; returns the number of new members."""
+        if not mapping:
+            return 0
+        current = self._sorted(key)
+        if current is None:
+            current = self._data[key] = _Sorted()
+        added = sum(member not in current.scores for member in mapping)
+        current.scores.update({member: float(score) for member, score in mapping.items()})
+        return added
+
+    def zrem(self, key: str, *members: bytes) -> int:
+        current = self._sorted(key)
+        if current is None:
+            return 0
+        removed = sum(current.scores.pop(member, None) is not None for member in members)
+        if not current.scores:
+            self._remove(key)
+        return removed
+
+    def zcard(self, key: str) -> int:
+        current = self._sorted(key)
+        return 0 if current is None else len(current.scores)
+
+    def zscore(self, key: str, member: bytes) -> float | None:
+        current = self._sorted(key)
+        return None if current is None else current.scores.get(member)
+
+    def zrange(self, key: str, start: int, stop: int) -> list[tuple[bytes, float]]:
+        """``ZRANGE key start stop WITHSCORES`` by rank, lowest score first."""
+        current = self._sorted(key)
+        if current is None:
+            return []
+        ranked = current.ranked()
+        return ranked[_span(len(ranked), start, stop)]
+
+    def zpopmin(self, key: str, count: int = 1) -> list[tuple[bytes, float]]:
+        """Remove and return up to ``count`` lowest-ranked members with their scores."""
+        popped = self.zrange(key, 0, count - 1) if count > 0 else []
+        if popped:
+            self.zrem(key, *(member for member, _ in popped))
+        return popped
