@@ -536,15 +536,18 @@ def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]
 
 
 @pytest.fixture
-async def observer(backend: Backend, redis_url: str) -> AsyncIterator[Observer]:
-    if backend.name != "redis":
-        pytest.skip("what reaches the server is a Redis property")
+async def observer(redis_url: str) -> AsyncIterator[Observer]:
+    """A Redis-only store on a named connection, so its commands can be told apart."""
+    prefix = f"test:{uuid.uuid4().hex}:"
     name = f"refresh-test-{uuid.uuid4().hex}"
     pool = BlockingConnectionPool.from_url(redis_url, client_name=name, max_connections=4)
-    store = RedisStore(Redis(connection_pool=pool), prefix=backend.prefix, owns_client=True)
+    store = RedisStore(Redis(connection_pool=pool), prefix=prefix, owns_client=True)
     try:
         yield Observer(redis_url, store, name)
-    finally:
+    finally:  # cleanup after every measurement
+        keys = [k async for k in store.client.scan_iter(match=f"{prefix}*", count=500)]
+        if keys:
+            await store.client.delete(*keys)
         await store.aclose()
 
 

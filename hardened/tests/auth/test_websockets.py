@@ -29,8 +29,8 @@ from hardened.auth.websockets import (
     MemoryRevocationBus,
     MessageRateLimit,
     RedisRevocationBus,
-    RevocationEvent,
     SocketRegistry,
+    SocketRevocation,
     TicketStore,
     error_frame,
     websocket_credentials,
@@ -225,11 +225,11 @@ async def test_memory_bus_closes_the_revoked_session_only_then_all() -> None:
         ):
             for ws in (s1, s1_again, s2, other_user):
                 await echo(ws)
-            await state.bus.publish(RevocationEvent("u", "s1"))
+            await state.bus.publish(SocketRevocation("u", "s1"))
             assert await closed(s1) == (4401, "revoked")
             assert await closed(s1_again) == (4401, "revoked")
             assert (await echo(s2))["user"] == "u"
-            await state.bus.publish(RevocationEvent("u", None))
+            await state.bus.publish(SocketRevocation("u", None))
             assert await closed(s2) == (4401, "revoked")
             assert (await echo(other_user))["user"] == "v"
     finally:
@@ -324,24 +324,24 @@ async def test_memory_bus_without_runner_drops_events() -> None:
         closed_with.append(code)
 
     registry.register("u", "s", close)
-    await bus.publish(RevocationEvent("u"))
+    await bus.publish(SocketRevocation("u"))
     assert closed_with == []
     runner = asyncio.create_task(bus.run(registry))
     await asyncio.sleep(0)
-    await bus.publish(RevocationEvent("u"))
+    await bus.publish(SocketRevocation("u"))
     assert closed_with == [4401]
     runner.cancel()
 
 
 def test_revocation_event_json_round_trip() -> None:
     """Events travel as {"user_id", "session_id"} and malformed payloads are refused."""
-    event = RevocationEvent("u", "fam-1")
+    event = SocketRevocation("u", "fam-1")
     assert json.loads(event.to_json()) == {"user_id": "u", "session_id": "fam-1"}
-    assert RevocationEvent.from_json(event.to_json()) == event
-    assert RevocationEvent.from_json(b'{"user_id": "u"}') == RevocationEvent("u", None)
+    assert SocketRevocation.from_json(event.to_json()) == event
+    assert SocketRevocation.from_json(b'{"user_id": "u"}') == SocketRevocation("u", None)
     for bad in (b"[]", b'{"user_id": 1}', b'{"user_id": "u", "session_id": 2}', b"{"):
         with pytest.raises((ValueError, TypeError, KeyError)):
-            RevocationEvent.from_json(bad)
+            SocketRevocation.from_json(bad)
 
 
 # -- tickets on both backends ----------------------------------------------------------
@@ -452,7 +452,7 @@ async def test_redis_bus_reconnects_after_its_connection_is_killed(redis_url: st
                     await admin.execute_command("CLIENT", "KILL", "ID", fields["id"])
             await wait_for(lambda: reconnects == [1])
             assert bus.subscribed
-            await bus.publish(RevocationEvent("u", "s"))
+            await bus.publish(SocketRevocation("u", "s"))
             await wait_for(lambda: bool(closes))
         finally:
             runner.cancel()
@@ -552,7 +552,7 @@ async def test_redis_bus_with_redis_down_fails_publish_and_keeps_retrying() -> N
     )
     bus = RedisRevocationBus(client, unique_channel(), backoff=(0.01, 0.02))
     with pytest.raises(StoreUnavailable):
-        await bus.publish(RevocationEvent("u"))
+        await bus.publish(SocketRevocation("u"))
     before = metric("ws_revocation_bus_errors_total", operation="subscribe")
     runner = asyncio.create_task(bus.run(SocketRegistry()))
     await asyncio.sleep(0.3)

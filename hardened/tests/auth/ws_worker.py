@@ -29,8 +29,8 @@ from hardened.auth.websockets import (
     MessageRateLimit,
     RedisRevocationBus,
     RevocationBus,
-    RevocationEvent,
     SocketRegistry,
+    SocketRevocation,
     TicketStore,
     close_rate_limited,
     error_frame,
@@ -118,7 +118,7 @@ def build_app(state: State, lifespan: Any = None) -> Starlette:
 
     async def revoke(request: Request) -> Response:
         body = await request.json()
-        await state.bus.publish(RevocationEvent(body["user_id"], body.get("session_id")))
+        await state.bus.publish(SocketRevocation(body["user_id"], body.get("session_id")))
         return Response(status_code=204)
 
     async def sockets(request: Request) -> Response:

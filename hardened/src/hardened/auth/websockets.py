@@ -54,9 +54,9 @@ __all__ = [
     "MessageRateLimit",
     "RedisRevocationBus",
     "RevocationBus",
-    "RevocationEvent",
     "SocketHandle",
     "SocketRegistry",
+    "SocketRevocation",
     "TicketStore",
     "close_rate_limited",
     "error_frame",
@@ -187,7 +187,7 @@ class MessageRateLimit:
 
 
 @dataclass(frozen=True, slots=True)
-class RevocationEvent:
+class SocketRevocation:
     """Close ``user_id``'s sockets: of one session (family), or all when ``session_id`` is None."""
 
     user_id: str
@@ -197,7 +197,7 @@ class RevocationEvent:
         return json.dumps({"user_id": self.user_id, "session_id": self.session_id}).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> RevocationEvent:
+    def from_json(cls, raw: bytes | str) -> SocketRevocation:
         data = json.loads(raw)
         event = cls(data["user_id"], data.get("session_id"))
         if not isinstance(event.user_id, str) or not isinstance(event.session_id, str | None):
@@ -266,12 +266,12 @@ class SocketRegistry:
 class RevocationBus(Protocol):
     """Carries revocations to every worker; ``run`` applies them to a registry until cancelled."""
 
-    async def publish(self, event: RevocationEvent) -> None: ...
+    async def publish(self, event: SocketRevocation) -> None: ...
 
     async def run(self, registry: SocketRegistry) -> None: ...
 
 
-async def _apply(registry: SocketRegistry, event: RevocationEvent) -> None:
+async def _apply(registry: SocketRegistry, event: SocketRevocation) -> None:
     closed = await registry.close_user(event.user_id, event.session_id)
     _log().info("ws.revocation.applied", user_id=event.user_id, sockets=closed)
 
@@ -282,7 +282,7 @@ class MemoryRevocationBus:
     def __init__(self) -> None:
         self._registries: list[SocketRegistry] = []
 
-    async def publish(self, event: RevocationEvent) -> None:
+    async def publish(self, event: SocketRevocation) -> None:
         await asyncio.gather(*(_apply(r, event) for r in list(self._registries)))
 
     async def run(self, registry: SocketRegistry) -> None:
@@ -325,7 +325,7 @@ class RedisRevocationBus:
         """Whether ``run`` currently holds a live subscription (readiness checks)."""
         return self._subscribed
 
-    async def publish(self, event: RevocationEvent) -> None:
+    async def publish(self, event: SocketRevocation) -> None:
         """Publish ``event``; raises `StoreUnavailable` if Redis cannot take it."""
         from redis.exceptions import RedisError  # noqa: PLC0415 - optional extra
 
@@ -389,7 +389,7 @@ class RedisRevocationBus:
 
     def _dispatch(self, registry: SocketRegistry, data: bytes | str) -> None:
         try:
-            event = RevocationEvent.from_json(data)
+            event = SocketRevocation.from_json(data)
         except (ValueError, TypeError, KeyError):
             _BUS_ERRORS.labels(operation="decode").inc()
             _log().error("ws.revocations.invalid_event")
