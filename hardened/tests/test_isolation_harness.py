@@ -1,6 +1,6 @@
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Header, HTTPException
+from fastapi import APIRouter, FastAPI, Header, HTTPException, WebSocket
 from sqlalchemy import Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -94,11 +94,17 @@ def test_routes_of_included_routers_are_enumerated() -> None:
     async def thing(thing_id: str) -> str:
         return thing_id
 
+    @inner.websocket("/live")
+    async def live(websocket: WebSocket) -> None:
+        await websocket.close()
+
     outer = APIRouter()
     outer.include_router(inner, prefix="/outer")
     app = FastAPI()
     app.include_router(outer, prefix="/api")
-    assert ("GET", "/api/outer/inner/{thing_id}") in app_routes(app)
+    routes = app_routes(app)
+    assert ("GET", "/api/outer/inner/{thing_id}") in routes
+    assert ("WEBSOCKET", "/api/outer/inner/live") in routes
 
 
 def test_routes_are_enumerated_with_methods() -> None:

@@ -19,6 +19,18 @@ PUBLIC = {
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/openapi.json"),
+    # Identity routes: no resource ids; the shop in the body or the caller's own
+    # token decides everything (their own tests live in test_auth.py).
+    ("POST", "/auth/signup"),
+    ("POST", "/auth/login"),
+    ("POST", "/auth/refresh"),
+    ("POST", "/auth/logout"),
+    ("POST", "/auth/logout-all"),
+    ("GET", "/auth/sessions"),
+    ("POST", "/auth/password"),
+    ("POST", "/auth/password-reset"),
+    ("POST", "/auth/password-reset/confirm"),
+    ("WEBSOCKET", "/ws/notifications"),
 }
 CSV = "external_ref,customer_email,sku,quantity,note\r\n"
 

@@ -7,13 +7,14 @@ trusted hosts → security headers → CORS → body limit → content type → 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+import contextlib
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from hardened.fastapi import install_problem_handlers, lifespan
+from hardened.fastapi import install_problem_handlers
 from hardened.http import (
     HSTS,
     SWAGGER_UI_CSP,
@@ -23,6 +24,8 @@ from hardened.http import (
     ContentTypePolicy,
     CORSMiddleware,
     CORSPolicy,
+    CSRFMiddleware,
+    CSRFPolicy,
     RequestIdMiddleware,
     SecurityHeaders,
     SecurityHeadersMiddleware,
@@ -31,24 +34,35 @@ from hardened.http import (
 )
 from hardened.logging import configure_logging
 from hardened.observability import Health, check
-from hardened.stores import MemoryStore, RedisStore
+from hardened.stores import FallbackStore, MemoryStore, RedisStore
 from shopfront import __version__
+from shopfront.auth import build_auth, revocation_listener
 from shopfront.db import Database
+from shopfront.mailer import OutboxMailer
+from shopfront.routes import auth as auth_routes
 from shopfront.routes import catalog, coupons, customers, orders, tenants
 from shopfront.services.imports import IMPORT_MAX_BYTES
 from shopfront.settings import Settings
 from shopfront.state import AppState, app_state
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from contextlib import AbstractAsyncContextManager
+
     from hardened.stores import Store
 
 __all__ = ["create_app"]
 
 
-def _store(settings: Settings) -> Store:
-    if settings.redis_url:
-        return RedisStore.from_url(settings.redis_url)
-    return MemoryStore()
+def _stores(settings: Settings) -> tuple[Store, Store, Any | None]:
+    """(general store, token store, redis client for pub/sub)."""
+    if not settings.redis_url:
+        memory = MemoryStore()
+        return memory, memory, None
+    redis = RedisStore.from_url(settings.redis_url)
+    if settings.auth_require_redis_for_tokens:
+        return redis, redis, redis.client
+    return redis, FallbackStore(redis, MemoryStore()), redis.client
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,30 +70,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.load()
     configure_logging(json=settings.json_logs, level="DEBUG" if settings.debug_enabled else "INFO")
     db = Database(settings)
-    store = _store(settings)
+    store, token_store, redis_client = _stores(settings)
+    auth = build_auth(settings, token_store, redis_client)
     checks = [check("database", db.ping)]
     if settings.redis_url:
         # Without Redis the service still serves (degraded) unless tokens require it.
         critical = settings.auth_require_redis_for_tokens
         checks.append(check("redis", store.ping, critical=critical))
-    state = AppState(settings=settings, db=db, store=store, health=Health(checks))
+    state = AppState(
+        settings=settings,
+        db=db,
+        store=store,
+        health=Health(checks),
+        auth=auth,
+        mailer=OutboxMailer(),
+    )
 
     app = FastAPI(
         title="shopfront",
         version=__version__,
-        lifespan=lifespan(closing=[store, db]),
+        lifespan=_lifespan(state),
         docs_url="/docs",
         redoc_url=None,
     )
     app.state.shopfront = state
     install_problem_handlers(app, debug=settings.debug_enabled)
     _add_routes(app)
-    _add_middleware(app, settings)
+    _add_middleware(app, settings, auth.csrf)
     return app
 
 
 def _add_routes(app: FastAPI) -> None:
     for router in (
+        auth_routes.router,
+        auth_routes.sockets,
         tenants.router,
         customers.router,
         catalog.router,
@@ -106,7 +130,20 @@ def _add_routes(app: FastAPI) -> None:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def _add_middleware(app: FastAPI, settings: Settings) -> None:
+def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def run(_app: FastAPI) -> AsyncIterator[None]:
+        async with revocation_listener(state.auth):
+            try:
+                yield
+            finally:
+                await state.store.aclose()
+                await state.db.aclose()
+
+    return run
+
+
+def _add_middleware(app: FastAPI, settings: Settings, csrf: CSRFPolicy) -> None:
     proxies = TrustedProxies.from_strings(settings.trusted_proxies)
     debug = settings.debug_enabled
     # add_middleware wraps: the last one added is the outermost.
@@ -125,6 +162,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     headers = SecurityHeaders(
         hsts=HSTS() if settings.hsts else None, csp_overrides={"/docs": SWAGGER_UI_CSP}
     )
+    app.add_middleware(CSRFMiddleware, policy=csrf, debug=debug)
     app.add_middleware(SecurityHeadersMiddleware, config=headers)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, debug=debug)
     app.add_middleware(ClientIPMiddleware, trusted_proxies=proxies)

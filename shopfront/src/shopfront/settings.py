@@ -8,6 +8,7 @@ secrets. Production sets ``ENVIRONMENT=production``, real secrets, and
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -65,6 +66,10 @@ class Settings(HardenedSettings):
     refresh_grace_seconds: float = Field(default=10.0, ge=0, le=30)
     password_scheme: Literal["argon2id", "bcrypt"] = "argon2id"  # noqa: S105 - a scheme name
     bcrypt_rounds: int = Field(default=14, ge=12, le=16)
+    password_hashing_concurrency: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1, le=64
+    )
+    """Hashes at once; leave a core to the event loop, or every request stalls behind them."""
     cookie_secure: bool = True
     auto_migrate: bool | None = None
     log_json: bool | None = None

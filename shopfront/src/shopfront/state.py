@@ -10,7 +10,9 @@ from fastapi import Request
 if TYPE_CHECKING:
     from hardened.observability import Health
     from hardened.stores import Store
+    from shopfront.auth import Auth
     from shopfront.db import Database
+    from shopfront.mailer import OutboxMailer
     from shopfront.settings import Settings
 
 __all__ = ["AppState", "app_state"]
@@ -22,6 +24,8 @@ class AppState:
     db: Database
     store: Store
     health: Health
+    auth: Auth
+    mailer: OutboxMailer
 
 
 def app_state(request: Request) -> AppState:

@@ -1,17 +1,18 @@
 """Who the caller is, as a shop: tenant API keys and the per-request tenant session.
 
-Until user accounts land, every tenant-scoped route authenticates with the shop's
-API key (``Authorization: Bearer sfk_…``): 256 random bits, shown once at shop
-creation, stored only as SHA-256 (a fast hash is right for high-entropy keys;
-there is nothing to brute-force). The dependency yields a database session
-bound to that one tenant, so every query is scoped by construction and a
-missing or foreign id is simply "not found".
+Tenant-scoped routes accept the shop's API key (``Authorization: Bearer sfk_…``:
+256 random bits, shown once at shop creation, stored only as SHA-256 - a fast
+hash is right for high-entropy keys, there is nothing to brute-force) or a
+signed-in user's access token, whose tenant claim names the shop. The
+dependency yields a database session bound to that one tenant, so every query
+is scoped by construction and a missing or foreign id is simply "not found".
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,11 +21,11 @@ from sqlalchemy import select
 
 from hardened.db.tenancy import tenant_session
 from hardened.errors import Unauthorized
+from shopfront.auth import bearer_token, verify_access
 from shopfront.models import Tenant
 from shopfront.state import AppState, app_state
 
 if TYPE_CHECKING:
-    import uuid
     from collections.abc import AsyncIterator
 
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,25 +61,7 @@ class TenantRequest:
     state: AppState
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.startswith(API_KEY_PREFIX):
-        return None
-    return token.strip()
-
-
-async def tenant_request(
-    request: Request, state: Annotated[AppState, Depends(app_state)]
-) -> AsyncIterator[TenantRequest]:
-    """Dependency: authenticate the shop, then yield its tenant-bound session."""
-    key = _bearer(request)
-    if key is None:
-        raise Unauthorized(
-            "A shop API key is required.",
-            code="auth.missing_credentials",
-            headers={"www-authenticate": "Bearer"},
-        )
+async def _tenant_of_key(state: AppState, key: str) -> uuid.UUID:
     async with state.db.sessions() as lookup:
         tenant_id = await lookup.scalar(
             select(Tenant.id).where(Tenant.api_key_hash == hash_api_key(key))
@@ -89,6 +72,25 @@ async def tenant_request(
             code="auth.invalid_credentials",
             headers={"www-authenticate": "Bearer"},
         )
+    return tenant_id
+
+
+async def tenant_request(
+    request: Request, state: Annotated[AppState, Depends(app_state)]
+) -> AsyncIterator[TenantRequest]:
+    """Dependency: authenticate the shop (API key) or a signed-in user, yield a tenant session."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized(
+            "A shop API key or a user access token is required.",
+            code="auth.missing_credentials",
+            headers={"www-authenticate": "Bearer"},
+        )
+    if token.startswith(API_KEY_PREFIX):
+        tenant_id = await _tenant_of_key(state, token)
+    else:
+        claims = await verify_access(state.auth, token)
+        tenant_id = uuid.UUID(claims.tenant)
     async with tenant_session(state.db.sessions, tenant_id) as session:
         yield TenantRequest(tenant_id, session, state)
 

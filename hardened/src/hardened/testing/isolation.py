@@ -70,13 +70,21 @@ def app_routes(app: Any) -> list[RouteKey]:
         else:
             found.add(("WEBSOCKET", path))
 
+    def walk_included(included: Any, prefix: str) -> None:
+        include_prefix = getattr(getattr(included, "include_context", None), "prefix", "")
+        for candidate in included.effective_candidates():
+            if callable(getattr(candidate, "effective_candidates", None)):
+                walk_included(candidate, prefix)  # its context already combines the prefixes
+                continue
+            # HTTP contexts carry the full path; WebSocket ones leave it empty.
+            path = candidate.path or include_prefix + candidate.original_route.path
+            add(prefix + path, getattr(candidate, "methods", None))
+
     def walk(routes: Iterable[Any], prefix: str) -> None:
         for route in routes:
             # FastAPI includes routers lazily; their routes are only reachable this way.
-            contexts = getattr(route, "effective_route_contexts", None)
-            if callable(contexts):
-                for context in contexts():
-                    add(prefix + context.path, getattr(context, "methods", None))
+            if callable(getattr(route, "effective_candidates", None)):
+                walk_included(route, prefix)
                 continue
             path = prefix + getattr(route, "path", "")
             sub = getattr(route, "routes", None)

@@ -1,0 +1,255 @@
+"""Sign-up, sign-in, refresh, sign-out, sessions, passwords; and the notification socket.
+
+Two modes: bearer (tokens in the JSON body, for API clients) and cookie (HttpOnly
+``session`` and ``access_token`` cookies plus a readable CSRF cookie, for
+browsers; every unsafe cookie request must echo the CSRF token in a header).
+"""
+
+import contextlib
+import uuid
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request, Response, WebSocket, WebSocketDisconnect, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from hardened.auth.websockets import (
+    BEARER_SUBPROTOCOL,
+    MessageRateLimit,
+    error_frame,
+    websocket_credentials,
+)
+from hardened.errors import HardenedError, Unauthorized
+from hardened.http import issue_csrf_token
+from shopfront.auth import (
+    ACCESS_COOKIE,
+    SESSION_COOKIE,
+    Auth,
+    CurrentUser,
+    auth_of,
+    not_in_maintenance,
+    store_call,
+    verify_access,
+)
+from shopfront.schemas import EmailStr
+from shopfront.services import accounts
+from shopfront.state import AppState, app_state
+
+if TYPE_CHECKING:
+    from hardened.auth.tokens import AccessClaims
+
+__all__ = ["router", "sockets"]
+
+router = APIRouter(prefix="/auth", tags=["auth"], dependencies=[Depends(not_in_maintenance)])
+sockets = APIRouter(tags=["notifications"])
+
+Password = Annotated[str, Field(min_length=1, max_length=1024)]
+SOCKET_MESSAGES_PER_S = 5.0
+SOCKET_BURST = 20
+AuthDep = Annotated[Auth, Depends(auth_of)]
+State = Annotated[AppState, Depends(app_state)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SignupIn(_In):
+    shop: str = Field(max_length=253)
+    email: EmailStr
+    password: Password
+
+
+class LoginIn(SignupIn):
+    mode: Literal["bearer", "cookie"] = "bearer"
+
+
+class RefreshIn(_In):
+    refresh_token: str | None = Field(default=None, max_length=512)
+
+
+class PasswordChangeIn(_In):
+    current_password: Password
+    new_password: Password
+
+
+class ResetRequestIn(_In):
+    shop: str = Field(max_length=253)
+    email: EmailStr
+
+
+class ResetConfirmIn(_In):
+    shop: str = Field(max_length=253)
+    token: str = Field(max_length=200)
+    new_password: Password
+
+
+class TokensOut(BaseModel):
+    access_token: str
+    refresh_token: str | None = None
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth token type name
+    expires_in: int
+    session_id: str
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    created_at: float
+    last_used_at: float
+    current: bool
+
+
+def _answer(auth: Auth, tokens: accounts.Tokens, response: Response, *, cookie: bool) -> TokensOut:
+    if not cookie:
+        return TokensOut(
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            expires_in=tokens.expires_in,
+            session_id=tokens.session_id,
+        )
+    secure = auth.csrf.cookie_secure
+    response.set_cookie(
+        SESSION_COOKIE, tokens.refresh_token, httponly=True, secure=secure, samesite="lax"
+    )
+    response.set_cookie(
+        ACCESS_COOKIE,
+        tokens.access_token,
+        httponly=True,
+        secure=secure,
+        samesite="lax",
+        max_age=tokens.expires_in,
+    )
+    csrf = issue_csrf_token(auth.csrf, tokens.refresh_token)
+    response.set_cookie(auth.csrf.csrf_cookie, csrf, secure=secure, samesite="lax")
+    return TokensOut(
+        access_token=tokens.access_token, expires_in=tokens.expires_in, session_id=tokens.session_id
+    )
+
+
+@router.post("/signup", status_code=status.HTTP_201_CREATED)
+async def signup(body: SignupIn, auth: AuthDep, state: State) -> dict[str, str]:
+    """Create an account in a shop."""
+    user_id = await accounts.signup(
+        auth, state.db.sessions, shop=body.shop, email=body.email, password=body.password
+    )
+    return {"user_id": str(user_id)}
+
+
+@router.post("/login")
+async def login(
+    body: LoginIn, request: Request, response: Response, auth: AuthDep, state: State
+) -> TokensOut:
+    """Sign in; starts a new session (refresh-token family), at most 10 per user."""
+    meta = {"user_agent": request.headers.get("user-agent", "")[:200]}
+    tokens = await accounts.login(
+        auth, state.db.sessions, shop=body.shop, email=body.email, password=body.password, meta=meta
+    )
+    return _answer(auth, tokens, response, cookie=body.mode == "cookie")
+
+
+@router.post("/refresh")
+async def refresh(
+    body: RefreshIn, request: Request, response: Response, auth: AuthDep
+) -> TokensOut:
+    """Trade a refresh token for a new pair (body in bearer mode, cookie in cookie mode)."""
+    cookie_token = request.cookies.get(SESSION_COOKIE)
+    token = body.refresh_token or cookie_token
+    if not token:
+        raise Unauthorized("A refresh token is required.", code="auth.missing_credentials")
+    tokens = await accounts.refresh(auth, token)
+    return _answer(auth, tokens, response, cookie=body.refresh_token is None)
+
+
+def _clear(response: Response, auth: Auth) -> None:
+    for name in (SESSION_COOKIE, ACCESS_COOKIE, auth.csrf.csrf_cookie):
+        response.delete_cookie(name)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(user: CurrentUser, response: Response, auth: AuthDep) -> None:
+    """Sign out this session: its refresh tokens stop working, its sockets close."""
+    await store_call(lambda: auth.refresh.revoke(user.sub, user.sid))
+    _clear(response, auth)
+
+
+@router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_all(user: CurrentUser, response: Response, auth: AuthDep) -> None:
+    """Sign out everywhere: every refresh and access token of the user fails from now on."""
+    await store_call(
+        lambda: auth.refresh.revoke_all(user.sub, not_before_ttl=float(auth.access_ttl))
+    )
+    _clear(response, auth)
+
+
+@router.get("/sessions")
+async def sessions(user: CurrentUser, auth: AuthDep) -> list[SessionOut]:
+    """The user's signed-in sessions."""
+    families = await store_call(lambda: auth.refresh.families(user.sub))
+    return [
+        SessionOut(
+            session_id=f.family_id,
+            created_at=f.created_at,
+            last_used_at=f.last_used_at,
+            current=f.family_id == user.sid,
+        )
+        for f in families
+    ]
+
+
+@router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
+async def change_password(
+    body: PasswordChangeIn, user: CurrentUser, auth: AuthDep, state: State
+) -> None:
+    """Change the password; every session, this one included, is signed out."""
+    await accounts.change_password(
+        auth,
+        state.db.sessions,
+        tenant_id=uuid.UUID(user.tenant),
+        user_id=uuid.UUID(user.sub),
+        current=body.current_password,
+        new=body.new_password,
+    )
+
+
+@router.post("/password-reset", status_code=status.HTTP_202_ACCEPTED)
+async def request_reset(body: ResetRequestIn, auth: AuthDep, state: State) -> dict[str, str]:
+    """Ask for a reset link; the answer is the same whether or not the account exists."""
+    token = await accounts.request_reset(auth, state.db.sessions, body.shop, body.email)
+    if token is not None:
+        await state.mailer.password_reset(shop=body.shop, email=body.email, token=token)
+    return {"status": "accepted"}
+
+
+@router.post("/password-reset/confirm", status_code=status.HTTP_204_NO_CONTENT)
+async def confirm_reset(body: ResetConfirmIn, auth: AuthDep, state: State) -> None:
+    """Set a new password with a single-use, expiring reset token."""
+    await accounts.confirm_reset(auth, state.db.sessions, body.shop, body.token, body.new_password)
+
+
+@sockets.websocket("/ws/notifications")
+async def notifications(websocket: WebSocket) -> None:
+    """Order and campaign notifications; authenticated before accept, closed on sign-out."""
+    auth: Auth = websocket.app.state.shopfront.auth
+    token = websocket_credentials(websocket.scope)
+    claims: AccessClaims | None = None
+    if token is not None:
+        with contextlib.suppress(HardenedError):
+            claims = await verify_access(auth, token)
+    if claims is None:  # closing before accept answers the handshake with 403
+        await websocket.close(code=1008, reason="unauthorized")
+        return
+    await websocket.accept(subprotocol=BEARER_SUBPROTOCOL)
+    handle = auth.registry.register(claims.sub, claims.sid, websocket.close)
+    limit = MessageRateLimit(rate=SOCKET_MESSAGES_PER_S, burst=SOCKET_BURST)
+    try:
+        while True:
+            message = await websocket.receive_text()
+            if not limit.allow():
+                await websocket.send_text(error_frame("ratelimit.exceeded", "Too many messages."))
+                await websocket.close(code=1008, reason="rate limited")
+                break
+            if message == "ping":
+                await websocket.send_text("pong")
+    except WebSocketDisconnect:
+        pass
+    finally:
+        auth.registry.unregister(handle)
