@@ -286,3 +286,35 @@ async def test_maintenance_mode_is_503_with_message(pg_shop_db: ShopDatabase) ->
     assert resp.json()["detail"] == "Back at noon."
     assert resp.headers["retry-after"] == "120"
     await app.state.shopfront.db.aclose()
+
+
+@pytest.mark.anyio
+async def test_password_change_signs_out_everywhere(redis_app: FastAPI) -> None:
+    """Changing the password needs the current one and ends every session; the new one works."""
+    async with client_for(redis_app) as client:
+        shop = await _shop_domain(client)
+        await _user(client, shop)
+        first, second = await _login(client, shop), await _login(client, shop)
+        auth = {"authorization": f"Bearer {first['access_token']}"}
+        wrong = await client.post(
+            "/auth/password",
+            json={"current_password": "not it at all", "new_password": "another long passphrase"},
+            headers=auth,
+        )
+        assert (wrong.status_code, wrong.json()["code"]) == (401, "auth.invalid_credentials")
+        changed = await client.post(
+            "/auth/password",
+            json={"current_password": PASSWORD, "new_password": "another long passphrase"},
+            headers=auth,
+        )
+        assert changed.status_code == 204
+        for session in (first, second):
+            gone = await client.post(
+                "/auth/refresh", json={"refresh_token": session["refresh_token"]}
+            )
+            assert gone.status_code == 401
+        assert (await client.get("/orders", headers=auth)).status_code == 401
+        body = {"shop": shop, "email": "u@x.example", "password": "another long passphrase"}
+        assert (await client.post("/auth/login", json=body)).status_code == 200
+    await redis_app.state.shopfront.store.aclose()
+    await redis_app.state.shopfront.db.aclose()
