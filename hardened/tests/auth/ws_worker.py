@@ -10,7 +10,6 @@ Access tokens here are a stand-in for the real verifier: ``valid~<user>~<session
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from hardened.auth.websockets import (
     TicketStore,
     close_rate_limited,
     error_frame,
+    listening,
     reject,
     websocket_credentials,
     websocket_ticket,
@@ -140,14 +140,9 @@ def redis_worker(redis_url: str, channel: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(state.bus.run(state.registry))
-        try:
+        async with listening(state.bus, state.registry):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await store.aclose()
+        await store.aclose()
 
     return build_app(state, lifespan)
 

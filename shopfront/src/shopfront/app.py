@@ -8,6 +8,7 @@ trusted hosts → security headers → CORS → body limit → content type → 
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -133,6 +134,10 @@ def _add_routes(app: FastAPI) -> None:
 def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def run(_app: FastAPI) -> AsyncIterator[None]:
+        # Everything alive after start-up lives as long as the process: freezing it
+        # keeps full collections small, so a GC pause never stalls the loop for long.
+        gc.collect()
+        gc.freeze()
         async with revocation_listener(state.auth):
             try:
                 yield

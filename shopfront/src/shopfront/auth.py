@@ -10,8 +10,6 @@ tokens issued during the outage live in that worker only and die with it).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -25,6 +23,7 @@ from hardened.auth.websockets import (
     RedisRevocationBus,
     SocketRegistry,
     SocketRevocation,
+    listening,
 )
 from hardened.crypto import derive_key
 from hardened.errors import MaintenanceMode, ServiceUnavailable, StoreUnavailable, Unauthorized
@@ -32,7 +31,8 @@ from hardened.http import CSRFPolicy
 from shopfront.state import AppState, app_state
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
+    from contextlib import AbstractAsyncContextManager
 
     from hardened.auth.websockets import RevocationBus
     from hardened.stores import Store
@@ -171,13 +171,6 @@ async def current_user(request: Request, auth: Annotated[Auth, Depends(auth_of)]
 CurrentUser = Annotated[AccessClaims, Depends(current_user)]
 
 
-@contextlib.asynccontextmanager
-async def revocation_listener(auth: Auth) -> AsyncIterator[None]:
+def revocation_listener(auth: Auth) -> AbstractAsyncContextManager[None]:
     """Apply revocations from every worker to this worker's sockets while the app runs."""
-    task = asyncio.create_task(auth.bus.run(auth.registry))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return listening(auth.bus, auth.registry)

@@ -20,6 +20,7 @@ rate-limit issue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
@@ -60,6 +61,7 @@ __all__ = [
     "TicketStore",
     "close_rate_limited",
     "error_frame",
+    "listening",
     "reject",
     "websocket_credentials",
     "websocket_ticket",
@@ -269,6 +271,18 @@ class RevocationBus(Protocol):
     async def publish(self, event: SocketRevocation) -> None: ...
 
     async def run(self, registry: SocketRegistry) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def listening(bus: RevocationBus, registry: SocketRegistry) -> AsyncIterator[None]:
+    """Apply ``bus`` events to ``registry`` while the block runs (an app's lifespan)."""
+    task = asyncio.create_task(bus.run(registry))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _apply(registry: SocketRegistry, event: SocketRevocation) -> None:
