@@ -5,7 +5,7 @@ from pydantic import BaseModel
 
 from hardened._context import correlation_id_var
 from hardened.errors import ConcurrentModification
-from hardened.fastapi import install_problem_handlers
+from hardened.fastapi import install_problem_handlers, lifespan
 
 
 class Item(BaseModel):
@@ -99,3 +99,24 @@ async def test_crash_has_no_stack_trace_outside_debug() -> None:
     async with _client(_app(debug=True)) as client:
         shown = await client.get("/crash")
     assert "secret internals" in shown.text
+
+
+@pytest.mark.anyio
+async def test_lifespan_runs_startup_hooks_and_closes_in_reverse() -> None:
+    """The lifespan helper awaits start-up hooks, then closes resources last-opened first."""
+    events: list[str] = []
+
+    class Resource:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def aclose(self) -> None:
+            events.append(f"close {self.name}")
+
+    async def warm() -> None:
+        events.append("warm")
+
+    app = FastAPI(lifespan=lifespan(startup=[warm], closing=[Resource("db"), Resource("cache")]))
+    async with app.router.lifespan_context(app):
+        events.append("serving")
+    assert events == ["warm", "serving", "close cache", "close db"]
