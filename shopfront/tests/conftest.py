@@ -50,8 +50,8 @@ def any_database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def app_factory() -> Iterator[Callable[..., FastAPI]]:
-    """Build apps from settings; their engines are disposed at teardown."""
+async def app_factory() -> AsyncIterator[Callable[..., FastAPI]]:
+    """Build apps from settings; their stores and engines are closed at teardown."""
     made: list[FastAPI] = []
 
     def factory(settings: Settings) -> FastAPI:
@@ -60,8 +60,9 @@ def app_factory() -> Iterator[Callable[..., FastAPI]]:
         return app
 
     yield factory
-    # Engines are closed by the client fixture; nothing else holds resources.
-    made.clear()
+    for app in made:
+        await app.state.shopfront.store.aclose()
+        await app.state.shopfront.db.aclose()
 
 
 @pytest.fixture

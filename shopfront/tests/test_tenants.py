@@ -36,7 +36,6 @@ async def test_create_normalises_and_reads_back(
             401,
             "auth.missing_credentials",
         )
-    await app.state.shopfront.db.aclose()
 
 
 @pytest.mark.anyio
@@ -79,4 +78,3 @@ async def test_concurrent_duplicate_domains_create_one_shop(
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [409] * 19
     assert {r.json()["code"] for r in responses if r.status_code == 409} == {"tenant.domain_taken"}
-    await app.state.shopfront.db.aclose()
