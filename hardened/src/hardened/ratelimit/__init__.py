@@ -1,0 +1,46 @@
+"""Rate limits: every policy of a request decided in one atomic step.
+
+GCRA and sliding-window counters over the stores' atomic scripts (one Redis
+round trip for all of a request's policies, quota consumed only when all
+allow), per-policy fail modes and shadow mode, and the HTTP layer: pure-ASGI
+middleware, a FastAPI dependency and the IETF ``RateLimit-Policy`` /
+``RateLimit`` headers.
+"""
+
+from hardened.ratelimit._core import Algorithm, Decision, Policy, PolicyResult, RateLimiter
+from hardened.ratelimit._http import (
+    Keyer,
+    QuotaExceeded,
+    RateLimitMiddleware,
+    Rule,
+    by_header,
+    by_ip,
+    by_route,
+    by_state,
+    policy_header,
+    rate_limit,
+    ratelimit_header,
+    ratelimit_headers,
+    retry_after_seconds,
+)
+
+__all__ = [
+    "Algorithm",
+    "Decision",
+    "Keyer",
+    "Policy",
+    "PolicyResult",
+    "QuotaExceeded",
+    "RateLimitMiddleware",
+    "RateLimiter",
+    "Rule",
+    "by_header",
+    "by_ip",
+    "by_route",
+    "by_state",
+    "policy_header",
+    "rate_limit",
+    "ratelimit_header",
+    "ratelimit_headers",
+    "retry_after_seconds",
+]

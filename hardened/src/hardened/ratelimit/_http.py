@@ -1,0 +1,381 @@
+"""HTTP front of the rate limiter: a pure-ASGI middleware, a FastAPI dependency, the headers.
+
+Why one ``limiter.check`` per request with every matching policy (route rules
+plus the defaults) instead of one call per limit as slowapi does? Quota must be
+consumed only when *all* policies allow, and each extra call is an extra store
+round trip; the core does it in one atomic script.
+
+Headers follow draft-ietf-httpapi-ratelimit-headers-11 (Structured Fields,
+RFC 9651): ``RateLimit-Policy: "tenant";q=1000;w=900`` (a List of sf-string
+items naming the policy, ``q`` = quota, ``w`` = window in seconds) and
+``RateLimit: "tenant";r=998;t=870`` (``r`` = remaining quota units, ``t`` =
+seconds until quota is available again). Every enforced policy of the request is
+listed (the draft allows several items), the most restrictive first, so a
+client that reads only the first item still sees the binding one; shadow
+policies are not advertised since they do not limit anyone. Seconds are
+integers rounded up, so a client that waits ``t`` is never early. ``pk``
+(partition key) is deliberately omitted: it would be derived from the key.
+
+A refusal is a 429 problem+json of type ``...:ratelimit.quota-exceeded`` naming
+the violated policy (``violated_policy``), never the key (an IP, a user id), with
+``Retry-After`` = ``ceil(retry_after)`` (>= 1), equal to the ``t`` of the
+violated policy. A fail-closed refusal caused by an unreachable store is a 503
+``store.unavailable`` instead (the client did nothing wrong), and after any store
+failure no RateLimit fields are sent: the numbers would be the fail modes' guesses. The event
+``ratelimit.limited`` logs the policy and path, and the key only as a hash.
+
+The client IP comes only from the trusted-proxy rule (``ClientIPMiddleware``);
+``X-Forwarded-For`` is never read here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import structlog
+
+from hardened._context import get_client_ip
+from hardened._types import Scope
+from hardened.errors import RateLimited, StoreUnavailable
+from hardened.http._problem import send_problem
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Iterable, Mapping, Sequence
+
+    from hardened._types import ASGIApp, Message, Receive, Send
+    from hardened.ratelimit._core import Decision, Policy, PolicyResult, RateLimiter
+
+__all__ = [
+    "Keyer",
+    "QuotaExceeded",
+    "RateLimitMiddleware",
+    "Rule",
+    "by_header",
+    "by_ip",
+    "by_route",
+    "by_state",
+    "policy_header",
+    "rate_limit",
+    "ratelimit_header",
+    "ratelimit_headers",
+    "retry_after_seconds",
+]
+
+Keyer: TypeAlias = Callable[[Scope], str | None]
+"""A key function: the bucket key of a request, or None when the policy does not apply."""
+
+_MAX_SF_INT = 999_999_999_999_999  # RFC 9651 sf-integer: at most 15 digits
+
+
+class QuotaExceeded(RateLimited):
+    """429 naming the violated policy (never its key); type ``...:ratelimit.quota-exceeded``."""
+
+    code = "ratelimit.quota-exceeded"
+    title = "Quota exceeded"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        violated_policy: str,
+        retry_after: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            detail,
+            retry_after=retry_after,
+            context={"policy": violated_policy},
+            headers=headers,
+        )
+        self.violated_policy = violated_policy
+
+    def extensions(self) -> dict[str, Any]:
+        return {"violated_policy": self.violated_policy}
+
+
+# -- key functions -------------------------------------------------------------------------
+
+
+def by_ip(scope: Scope) -> str | None:
+    """The client IP decided by the trusted-proxy rule, else the socket peer."""
+    ip = get_client_ip()
+    if ip:
+        return ip
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def by_state(name: str) -> Keyer:
+    """Key on ``scope["state"][name]`` (e.g. ``tenant_id`` set by an auth layer)."""
+
+    def keyer(scope: Scope) -> str | None:
+        value = (scope.get("state") or {}).get(name)
+        return None if value is None or value == "" else str(value)
+
+    keyer.__name__ = f"by_state({name!r})"
+    return keyer
+
+
+def by_route(scope: Scope) -> str | None:
+    """The route template (``scope["route"].path``) when routing ran, else the raw path.
+
+    In the middleware routing has not run yet, so this is the path; in the FastAPI
+    dependency it is the template (``/orders/{id}``), one bucket for all ids.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if isinstance(template, str) and template:
+        return template
+    path = scope.get("path")
+    return str(path) if path else None
+
+
+def by_header(name: str) -> Keyer:
+    """Key on a request header (e.g. a webhook source id); absent or empty means not applied."""
+    wanted = name.lower().encode("latin-1")
+
+    def keyer(scope: Scope) -> str | None:
+        for key, value in scope.get("headers", ()):
+            if bytes(key).lower() == wanted:
+                text = bytes(value).decode("latin-1").strip()
+                return text or None
+        return None
+
+    keyer.__name__ = f"by_header({name!r})"
+    return keyer
+
+
+# -- headers -------------------------------------------------------------------------------
+
+
+def _sf_string(value: str) -> str:
+    # sf-string allows printable ASCII only; escape the two specials, replace the rest.
+    chars = ("_" if not (0x20 <= ord(c) <= 0x7E) else c for c in value)
+    return '"' + "".join(chars).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _sf_int(value: float) -> int:
+    return max(0, min(_MAX_SF_INT, math.ceil(value)))
+
+
+def _advertised(results: Iterable[PolicyResult]) -> list[PolicyResult]:
+    return [r for r in results if not r.policy.shadow]
+
+
+def policy_header(results: Iterable[PolicyResult]) -> str:
+    """``RateLimit-Policy`` value: ``"name";q=<limit>;w=<period, s>`` items, comma-separated."""
+    return ", ".join(
+        f"{_sf_string(r.policy.name)};q={_sf_int(r.policy.limit)};w={_window(r.policy)}"
+        for r in _advertised(results)
+    )
+
+
+def _window(policy: Policy) -> int:
+    return max(1, _sf_int(policy.period))
+
+
+def _seconds_until_available(result: PolicyResult) -> int:
+    if result.allowed:
+        return _sf_int(result.reset_after)
+    return max(1, _sf_int(result.retry_after))
+
+
+def ratelimit_header(results: Iterable[PolicyResult]) -> str:
+    """``RateLimit`` value: ``"name";r=<remaining>;t=<seconds>`` items, comma-separated.
+
+    ``t`` is the reset time for a policy that allowed, and the retry-after (>= 1)
+    for one that refused, so it matches ``Retry-After`` on a 429.
+    """
+    return ", ".join(
+        f"{_sf_string(r.policy.name)};r={_sf_int(r.remaining)};t={_seconds_until_available(r)}"
+        for r in _advertised(results)
+    )
+
+
+def _ordered(decision: Decision) -> list[PolicyResult]:
+    first = decision.violated or decision.most_restrictive
+    rest = [r for r in decision.results if r is not first]
+    return [first, *rest] if first is not None else rest
+
+
+def ratelimit_headers(decision: Decision) -> dict[str, str]:
+    """Both fields for a decision; empty when no enforced policy applied or the store failed.
+
+    After a store failure the results are the fail modes' stand-ins (full quota or a
+    1 s refusal), not real quota state, so advertising them would mislead clients.
+    """
+    if decision.store_failed:
+        return {}
+    results = _advertised(_ordered(decision))
+    if not results:
+        return {}
+    return {"RateLimit-Policy": policy_header(results), "RateLimit": ratelimit_header(results)}
+
+
+def retry_after_seconds(decision: Decision) -> int:
+    """``Retry-After`` for a refusal: seconds rounded up, at least 1."""
+    return max(1, _sf_int(decision.retry_after))
+
+
+# -- rules and the middleware --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Policies applied to requests whose method and path match.
+
+    ``path`` matches as a prefix on whole segments (``/api/orders`` matches
+    ``/api/orders`` and ``/api/orders/7``, not ``/api/ordersx``); a trailing ``$``
+    makes it exact (``/login$``). ``methods`` None means every method.
+    """
+
+    path: str
+    limits: tuple[tuple[Policy, Keyer], ...]
+    methods: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            msg = f"rule path must start with '/': {self.path!r}"
+            raise ValueError(msg)
+        if self.methods is not None:
+            object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether this rule applies to ``method`` ``path``."""
+        if self.methods is not None and method.upper() not in self.methods:
+            return False
+        if self.path.endswith("$"):
+            return path == self.path[:-1]
+        prefix = self.path.rstrip("/")
+        return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+def _hits(scope: Scope, limits: Iterable[tuple[Policy, Keyer]]) -> list[tuple[Policy, str]]:
+    # Overlapping rules may name the same policy and key twice; it is one hit, counted once.
+    hits: dict[tuple[Policy, str], None] = {}
+    for policy, keyer in limits:
+        key = keyer(scope)
+        if key is not None:
+            hits[policy, key] = None
+    return list(hits)
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _refusal(decision: Decision, hits: Sequence[tuple[Policy, str]], path: str) -> Exception:
+    violated = decision.violated
+    if violated is None or decision.store_failed:
+        # A fail-closed policy refused because the store is down: the client is not at fault.
+        structlog.get_logger("hardened.ratelimit").warning(
+            "ratelimit.store_failed",
+            policy=violated.policy.name if violated is not None else None,
+            path=path,
+        )
+        return StoreUnavailable(
+            "Rate limiting is temporarily unavailable.", retry_after=retry_after_seconds(decision)
+        )
+    key = next((k for p, k in hits if p == violated.policy), "")
+    structlog.get_logger("hardened.ratelimit").info(
+        "ratelimit.limited",
+        policy=violated.policy.name,
+        path=path,
+        key_hash=_key_hash(key),
+    )
+    return QuotaExceeded(
+        f"Quota {violated.policy.name!r} exceeded; retry later.",
+        violated_policy=violated.policy.name,
+        retry_after=retry_after_seconds(decision),
+        headers=ratelimit_headers(decision),
+    )
+
+
+class RateLimitMiddleware:
+    """Pure-ASGI rate limiting driven by a route table; websockets and lifespan pass through."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: RateLimiter,
+        rules: Sequence[Rule],
+        default: Sequence[tuple[Policy, Keyer]] = (),
+        cost: Callable[[Scope], int] | None = None,
+        debug: bool = False,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.rules = tuple(rules)
+        self.default = tuple(default)
+        self.cost = cost
+        self.debug = debug
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        limits = [lim for rule in self.rules if rule.matches(method, path) for lim in rule.limits]
+        hits = _hits(scope, [*limits, *self.default])
+        if not hits:
+            await self.app(scope, receive, send)
+            return
+        cost = self.cost(scope) if self.cost is not None else 1
+        decision = await self.limiter.check(hits, cost=cost)
+        if not decision.allowed:
+            await send_problem(scope, send, _refusal(decision, hits, path), debug=self.debug)
+            return
+        extra = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in ratelimit_headers(decision).items()
+        ]
+        if not extra:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# -- FastAPI -------------------------------------------------------------------------------
+
+
+def rate_limit(
+    limiter: RateLimiter, *limits: tuple[Policy, Keyer], cost: int = 1
+) -> Callable[..., Awaitable[None]]:
+    """A FastAPI dependency (``Depends(rate_limit(...))``) checking ``limits`` for the route.
+
+    On success the RateLimit headers are set on the response; on refusal it raises
+    `QuotaExceeded` (a `RateLimited`) carrying them, rendered by
+    ``hardened.fastapi.install_problem_handlers``. Here routing has run, so
+    `by_route` keys on the route template.
+    """
+    from starlette.requests import Request  # noqa: PLC0415 - fastapi stays optional
+    from starlette.responses import Response  # noqa: PLC0415
+
+    async def dependency(request: Request, response: Response) -> None:
+        hits = _hits(request.scope, limits)
+        if not hits:
+            return
+        decision = await limiter.check(hits, cost=cost)
+        if not decision.allowed:
+            raise _refusal(decision, hits, request.url.path)
+        response.headers.update(ratelimit_headers(decision))
+
+    # FastAPI reads the signature; give it real classes, not postponed annotation strings.
+    params = [
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+        inspect.Parameter("response", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Response),
+    ]
+    dependency.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    return dependency
