@@ -30,6 +30,10 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "cors_origins": ("https://admin.shop.test",),
         "auto_migrate": False,
         "log_json": True,
+        # Generous limits so storms of other guarantees are not cut; limit tests set their own.
+        "rate_limit_tenant": "1000000/60",
+        "rate_limit_login": "1000000/60",
+        "rate_limit_password_reset": "1000000/60",
     }
     values.update(overrides)
     return Settings.load(**values)

@@ -136,6 +136,8 @@ def _env(db: ShopDatabase, redis_url: str) -> dict[str, str]:
         "JWT_SECRET": secrets.token_urlsafe(48),
         "SESSION_SECRET": secrets.token_urlsafe(48),
         "COOKIE_SECRET": secrets.token_urlsafe(48),
+        "RATE_LIMIT_TENANT": "1000000/60",
+        "RATE_LIMIT_LOGIN": "1000000/60",
     }
 
 

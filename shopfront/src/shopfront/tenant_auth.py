@@ -16,12 +16,13 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from sqlalchemy import select
 
 from hardened.db.tenancy import tenant_session
 from hardened.errors import Unauthorized
 from shopfront.auth import bearer_token, verify_access
+from shopfront.limits import enforce
 from shopfront.models import Tenant
 from shopfront.state import AppState, app_state
 
@@ -76,7 +77,7 @@ async def _tenant_of_key(state: AppState, key: str) -> uuid.UUID:
 
 
 async def tenant_request(
-    request: Request, state: Annotated[AppState, Depends(app_state)]
+    request: Request, response: Response, state: Annotated[AppState, Depends(app_state)]
 ) -> AsyncIterator[TenantRequest]:
     """Dependency: authenticate the shop (API key) or a signed-in user, yield a tenant session."""
     token = bearer_token(request)
@@ -91,6 +92,8 @@ async def tenant_request(
     else:
         claims = await verify_access(state.auth, token)
         tenant_id = uuid.UUID(claims.tenant)
+    headers = await enforce(state.limits, [(state.limits.tenant, str(tenant_id))])
+    response.headers.update(headers)
     async with tenant_session(state.db.sessions, tenant_id) as session:
         yield TenantRequest(tenant_id, session, state)
 

@@ -19,6 +19,7 @@ from hardened.auth.websockets import (
     websocket_credentials,
 )
 from hardened.errors import HardenedError, Unauthorized
+from hardened.fastapi import client_ip
 from hardened.http import issue_csrf_token
 from shopfront.auth import (
     ACCESS_COOKIE,
@@ -30,6 +31,7 @@ from shopfront.auth import (
     store_call,
     verify_access,
 )
+from shopfront.limits import enforce
 from shopfront.schemas import EmailStr
 from shopfront.services import accounts
 from shopfront.state import AppState, app_state
@@ -139,6 +141,10 @@ async def login(
     body: LoginIn, request: Request, response: Response, auth: AuthDep, state: State
 ) -> TokensOut:
     """Sign in; starts a new session (refresh-token family), at most 10 per user."""
+    limits = state.limits
+    account = f"{body.shop.lower()}|{body.email}"
+    client = client_ip(request) or "unknown"
+    await enforce(limits, [(limits.login_account, account), (limits.login_ip, client)])
     meta = {"user_agent": request.headers.get("user-agent", "")[:200]}
     tokens = await accounts.login(
         auth, state.db.sessions, shop=body.shop, email=body.email, password=body.password, meta=meta
@@ -213,6 +219,8 @@ async def change_password(
 @router.post("/password-reset", status_code=status.HTTP_202_ACCEPTED)
 async def request_reset(body: ResetRequestIn, auth: AuthDep, state: State) -> dict[str, str]:
     """Ask for a reset link; the answer is the same whether or not the account exists."""
+    account = f"{body.shop.lower()}|{body.email}"
+    await enforce(state.limits, [(state.limits.password_reset, account)])
     token = await accounts.request_reset(auth, state.db.sessions, body.shop, body.email)
     if token is not None:
         await state.mailer.password_reset(shop=body.shop, email=body.email, token=token)
