@@ -11,14 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hardened.errors import ServiceUnavailable
-from hardened.ratelimit import (
-    Policy,
-    QuotaExceeded,
-    RateLimiter,
-    ratelimit_headers,
-    retry_after_seconds,
-)
+from hardened import ratelimit
+from hardened.errors import ServiceUnavailable, StoreUnavailable
+from hardened.ratelimit import Policy, RateLimiter
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -65,18 +60,9 @@ def build_limits(settings: Settings, store: AtomicScripts) -> Limits:
 
 async def enforce(limits: Limits, hits: Sequence[tuple[Policy, str]]) -> dict[str, str]:
     """Check ``hits`` in one step; raise a 429 problem when refused, else return the headers."""
-    decision = await limits.limiter.check(hits)
-    headers = ratelimit_headers(decision)
-    if decision.allowed:
-        return headers
-    if decision.store_failed:  # a fail-closed policy without its store: not the client's fault
+    try:
+        return await ratelimit.enforce(limits.limiter, hits)
+    except StoreUnavailable:  # a fail-closed policy without its store: not the client's fault
         raise ServiceUnavailable(
             "Please retry shortly.", code="ratelimit.store_unavailable", retry_after=1
-        )
-    violated = decision.violated
-    raise QuotaExceeded(
-        "Too many requests; retry later.",
-        violated_policy=violated.policy.name if violated else "unknown",
-        retry_after=retry_after_seconds(decision),
-        headers=headers,
-    )
+        ) from None

@@ -59,6 +59,7 @@ __all__ = [
     "by_ip",
     "by_route",
     "by_state",
+    "enforce",
     "policy_header",
     "rate_limit",
     "ratelimit_header",
@@ -296,6 +297,21 @@ def _refusal(decision: Decision, hits: Sequence[tuple[Policy, str]], path: str) 
     )
 
 
+async def enforce(
+    limiter: RateLimiter, hits: Sequence[tuple[Policy, str]], *, cost: int = 1, path: str = ""
+) -> dict[str, str]:
+    """Check ``hits`` in one step: the RateLimit headers to send, or the refusal raised.
+
+    The refusal is `QuotaExceeded` (429, headers attached) or, when a fail-closed
+    policy lost its store, `StoreUnavailable` (503). For callers whose keys come
+    from somewhere the keyers cannot see, such as an account in a request body.
+    """
+    decision = await limiter.check(hits, cost=cost)
+    if not decision.allowed:
+        raise _refusal(decision, hits, path)
+    return ratelimit_headers(decision)
+
+
 class RateLimitMiddleware:
     """Pure-ASGI rate limiting driven by a route table; websockets and lifespan pass through."""
 
@@ -327,14 +343,12 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         cost = self.cost(scope) if self.cost is not None else 1
-        decision = await self.limiter.check(hits, cost=cost)
-        if not decision.allowed:
-            await send_problem(scope, send, _refusal(decision, hits, path), debug=self.debug)
+        try:
+            headers = await enforce(self.limiter, hits, cost=cost, path=path)
+        except (QuotaExceeded, StoreUnavailable) as refusal:
+            await send_problem(scope, send, refusal, debug=self.debug)
             return
-        extra = [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in ratelimit_headers(decision).items()
-        ]
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         if not extra:
             await self.app(scope, receive, send)
             return
@@ -365,12 +379,9 @@ def rate_limit(
 
     async def dependency(request: Request, response: Response) -> None:
         hits = _hits(request.scope, limits)
-        if not hits:
-            return
-        decision = await limiter.check(hits, cost=cost)
-        if not decision.allowed:
-            raise _refusal(decision, hits, request.url.path)
-        response.headers.update(ratelimit_headers(decision))
+        if hits:
+            headers = await enforce(limiter, hits, cost=cost, path=request.url.path)
+            response.headers.update(headers)
 
     # FastAPI reads the signature; give it real classes, not postponed annotation strings.
     params = [
