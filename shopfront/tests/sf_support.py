@@ -59,6 +59,7 @@ class Shop:
     """A shop created over HTTP: its id, API key headers and a few fixtures' ids."""
 
     tenant_id: str
+    domain: str
     headers: dict[str, str]
     customer_id: str
     item_id: str
@@ -82,7 +83,9 @@ async def new_shop(client: httpx.AsyncClient, name: str = "shop", *, price: int 
         headers=headers,
     )
     assert item.status_code == 201, item.text
-    return Shop(body["id"], headers, customer.json()["id"], item.json()["id"], price)
+    return Shop(
+        body["id"], body["domain"], headers, customer.json()["id"], item.json()["id"], price
+    )
 
 
 def order_body(shop: Shop, *, coupon: str | None = None, quantity: int = 1) -> dict[str, Any]:

@@ -92,8 +92,7 @@ async def test_login_storm_never_blocks_the_loop(pg_shop_db: ShopDatabase, redis
     app = create_app(make_settings(pg_shop_db.url, redis_url=redis_url))
     async with app.router.lifespan_context(app), client_for(app) as client:
         shop = await new_shop(client)
-        domain = (await client.get(f"/tenants/{shop.tenant_id}", headers=shop.headers)).json()
-        body = {"shop": domain["domain"], "email": "u@x.example", "password": PASSWORD}
+        body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
         assert (await client.post("/auth/signup", json=body)).status_code == 201
         # Warm up with a concurrent burst: first use of the contended paths (pool
         # overflow, waiting pools) imports and compiles code once, on the loop.
@@ -149,8 +148,7 @@ async def test_socket_is_refused_without_token_and_closed_on_logout_elsewhere(
     with workers(2, _env(pg_shop_db, redis_url)) as (a, b):
         async with httpx.AsyncClient(base_url=a) as client:
             shop = await new_shop(client)
-            domain = (await client.get(f"/tenants/{shop.tenant_id}", headers=shop.headers)).json()
-            body = {"shop": domain["domain"], "email": "u@x.example", "password": PASSWORD}
+            body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
             assert (await client.post("/auth/signup", json=body)).status_code == 201
             tokens = (await client.post("/auth/login", json=body)).json()
         ws_a = a.replace("http://", "ws://") + "/ws/notifications"
