@@ -32,6 +32,7 @@ from hardened.auth.refresh import (
 )
 from hardened.errors import StoreUnavailable, Unauthorized
 from hardened.stores import MemoryState, MemoryStore, RedisStore
+from hardened.testing import ManualClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,14 +43,6 @@ KEY = b"k" * 16 + b"server-side-secret-key!!"
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 SHORT = 0.3  # a TTL or grace window short enough to sleep through on Redis
 PAST = 0.45
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -70,7 +63,7 @@ class Backend:
 @pytest.fixture(params=["memory", "redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
-        clock = FakeClock()
+        clock = ManualClock()
 
         async def advance(seconds: float) -> None:
             clock.now += seconds

@@ -27,6 +27,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from hardened.ratelimit._core import CHECK, Policy, RateLimiter
 from hardened.stores import MemoryState, MemoryStore, RedisStore
 from hardened.stores._contracts import encode_args
+from hardened.testing import ManualClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,14 +35,6 @@ if TYPE_CHECKING:
     from hardened.stores import Script, ScriptArg
 
 pytestmark = pytest.mark.anyio
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -65,7 +58,7 @@ async def _cleanup(store: RedisStore, prefix: str) -> None:
 @pytest.fixture(params=["memory", "redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
-        clock = FakeClock()
+        clock = ManualClock()
 
         async def advance(seconds: float) -> None:
             clock.now += seconds

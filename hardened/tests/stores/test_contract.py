@@ -25,6 +25,7 @@ from hardened.stores import (
     hash_tag,
     tagged,
 )
+from hardened.testing import ManualClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -33,14 +34,6 @@ pytestmark = pytest.mark.anyio
 
 TTL = 0.2  # short enough to sleep through on Redis, long enough for a loaded CI
 PAST_TTL = 0.3
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -59,7 +52,7 @@ async def _cleanup(store: RedisStore, prefix: str) -> None:
 @pytest.fixture(params=["memory", "redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
-        clock = FakeClock()
+        clock = ManualClock()
 
         async def advance_clock(seconds: float) -> None:
             clock.now += seconds

@@ -9,21 +9,16 @@ import pytest
 from hardened.errors import StoreUnavailable
 from hardened.stores import MemoryState, MemoryStore, tagged
 from hardened.stores._state import MemoryDataError
+from hardened.testing import ManualClock
+
+START = 50.0
 
 pytestmark = pytest.mark.anyio
 
 
-class FakeClock:
-    def __init__(self, start: float = 50.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_expired_keys_nobody_reads_are_swept_by_later_writes() -> None:
     """Expired keys are reclaimed by the bounded sweep on writes, without being read."""
-    clock = FakeClock()
+    clock = ManualClock(START)
     store = MemoryStore(clock=clock, sweep_batch=16)
     for i in range(1000):
         await store.set(tagged("t", str(i)), b"v", ttl=1)
@@ -36,7 +31,7 @@ async def test_expired_keys_nobody_reads_are_swept_by_later_writes() -> None:
 
 async def test_sweep_does_at_most_a_batch_of_work_per_write() -> None:
     """One write removes at most sweep_batch expired keys, so no call pays for the backlog."""
-    clock = FakeClock()
+    clock = ManualClock(START)
     store = MemoryStore(clock=clock, sweep_batch=8)
     for i in range(100):
         await store.set(tagged("t", str(i)), b"v", ttl=1)
@@ -47,7 +42,7 @@ async def test_sweep_does_at_most_a_batch_of_work_per_write() -> None:
 
 async def test_rewriting_one_key_keeps_the_expiry_heap_bounded() -> None:
     """Re-setting a key with a TTL many times does not grow the deadline heap without bound."""
-    store = MemoryStore(clock=FakeClock())
+    store = MemoryStore(clock=ManualClock(START))
     for _ in range(20_000):
         await store.set(tagged("t", "hot"), b"v", ttl=300)
     assert len(store.state._heap) <= 2 * 1 + 1024 + 1
@@ -55,7 +50,7 @@ async def test_rewriting_one_key_keeps_the_expiry_heap_bounded() -> None:
 
 async def test_script_now_is_wall_time_that_follows_the_injected_clock() -> None:
     """now() starts at wall time and advances exactly with the TTL clock."""
-    clock = FakeClock()
+    clock = ManualClock(START)
     store = MemoryStore(clock=clock)
     start = store.now()
     assert abs(start - time.time()) < 1
@@ -65,7 +60,7 @@ async def test_script_now_is_wall_time_that_follows_the_injected_clock() -> None
 
 async def test_fence_expiry_keeps_tokens_increasing() -> None:
     """Once the fence itself expired (after its retention), the next token is still greater."""
-    clock = FakeClock()
+    clock = ManualClock(START)
     store = MemoryStore(clock=clock)
     k = tagged("t", "lease")
     token = await store.acquire(k, "a", 1)
@@ -82,7 +77,7 @@ async def test_fence_expiry_keeps_tokens_increasing() -> None:
 )
 def test_incrby_parses_integers_as_strictly_as_redis(raw: bytes) -> None:
     """INCRBY accepts only canonical 64-bit integers, like Redis string2ll."""
-    state = MemoryState(FakeClock())
+    state = MemoryState(ManualClock(START))
     state.set("k", raw)
     with pytest.raises(MemoryDataError):
         state.incrby("k", 1)
@@ -90,7 +85,7 @@ def test_incrby_parses_integers_as_strictly_as_redis(raw: bytes) -> None:
 
 def test_incrby_overflow_is_refused() -> None:
     """An increment past the 64-bit range fails instead of growing a Python int."""
-    state = MemoryState(FakeClock())
+    state = MemoryState(ManualClock(START))
     state.set("k", b"9223372036854775807")
     with pytest.raises(MemoryDataError, match="overflow"):
         state.incrby("k", 1)
@@ -98,7 +93,7 @@ def test_incrby_overflow_is_refused() -> None:
 
 def test_emptied_hashes_and_sets_disappear() -> None:
     """Removing the last field or member deletes the key, as in Redis."""
-    state = MemoryState(FakeClock())
+    state = MemoryState(ManualClock(START))
     state.hset("h", {b"f": b"1"})
     state.sadd("s", b"m")
     assert state.hdel("h", b"f") == 1
@@ -112,7 +107,7 @@ def test_emptied_hashes_and_sets_disappear() -> None:
 
 def test_hset_and_incrby_keep_the_ttl_but_set_clears_it() -> None:
     """Only SET resets a TTL; HSET and INCRBY leave it in place."""
-    state = MemoryState(FakeClock())
+    state = MemoryState(ManualClock(START))
     state.hset("h", {b"f": b"1"})
     state.pexpire("h", 5000)
     state.hset("h", {b"g": b"2"})

@@ -1,5 +1,6 @@
 """Test helpers for services built on hardened (import only from tests)."""
 
+from hardened.testing._clock import ManualClock
 from hardened.testing.isolation import (
     IsolationFailure,
     Probe,
@@ -11,6 +12,7 @@ from hardened.testing.isolation import (
 
 __all__ = [
     "IsolationFailure",
+    "ManualClock",
     "Probe",
     "RouteKey",
     "app_routes",
