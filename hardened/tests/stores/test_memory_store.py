@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from hardened.errors import StoreUnavailable
-from hardened.stores import MemoryState, MemoryStore, tagged
+from hardened.stores import MemoryState, MemoryStore, Script, tagged
 from hardened.stores._state import MemoryDataError
+from hardened.stores.memory import SWEEP_EVERY
 from hardened.testing import ManualClock
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 START = 50.0
 
@@ -29,15 +34,33 @@ async def test_expired_keys_nobody_reads_are_swept_by_later_writes() -> None:
     assert len(store.state) == 1
 
 
-async def test_sweep_does_at_most_a_batch_of_work_per_write() -> None:
-    """One write removes at most sweep_batch expired keys, so no call pays for the backlog."""
+async def test_sweep_does_a_bounded_batch_of_work_per_write() -> None:
+    """Writes reclaim at most sweep_batch expired keys each, in batches: none pays the backlog."""
     clock = ManualClock(START)
-    store = MemoryStore(clock=clock, sweep_batch=8)
+    store = MemoryStore(clock=clock, sweep_batch=2)
+    for i in range(SWEEP_EVERY * 20):
+        await store.set(tagged("t", str(i)), b"v", ttl=1)
+    clock.now += 2
+    for _ in range(SWEEP_EVERY - 1):
+        await store.set(tagged("t", "live"), b"v")
+    assert len(store.state) == SWEEP_EVERY * 20 + 1  # no sweep yet
+    await store.set(tagged("t", "live"), b"v")
+    assert len(store.state) == SWEEP_EVERY * 20 + 1 - SWEEP_EVERY * 2
+    for _ in range(SWEEP_EVERY):
+        await store.incr(tagged("t", "count"))
+    assert len(store.state) == SWEEP_EVERY * 20 + 2 - 2 * SWEEP_EVERY * 2
+
+
+async def test_scripts_sweep_too() -> None:
+    """Script runs count as writes for the sweep, so a limiter alone keeps memory bounded."""
+    clock = ManualClock(START)
+    store = MemoryStore(clock=clock, sweep_batch=64)
     for i in range(100):
         await store.set(tagged("t", str(i)), b"v", ttl=1)
     clock.now += 2
-    await store.set(tagged("t", "live"), b"v")
-    assert len(store.state) == 100 + 1 - 8
+    for _ in range(SWEEP_EVERY):
+        await store.incr(tagged("t", "hits"), ttl=60)  # a script on this backend
+    assert len(store.state) == 1
 
 
 async def test_rewriting_one_key_keeps_the_expiry_heap_bounded() -> None:
@@ -129,3 +152,26 @@ async def test_wrong_type_is_counted_as_a_store_error() -> None:
         await store.get(k)
     assert caught.value.context["backend"] == "memory"
     assert caught.value.context["operation"] == "get"
+
+
+def _argv(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now: float) -> Any:
+    return list(args)
+
+
+ARGV = Script("test_memory_argv", "return ARGV", _argv)
+
+
+async def test_pre_encoded_args_are_reused_and_others_still_encoded() -> None:
+    """A reused all-bytes tuple passes as is; other argument sequences are encoded or refused."""
+    store = MemoryStore()
+    encoded = (b"1", b"two")
+    assert await store.run(ARGV, [], encoded) == [b"1", b"two"]
+    assert await store.run(ARGV, [], encoded) == [b"1", b"two"]
+    assert await store.run(ARGV, [], (b"1", 2)) == [b"1", b"2"]
+    mutable = [b"a"]
+    assert await store.run(ARGV, [], mutable) == [b"a"]
+    mutable.append(3)  # type: ignore[arg-type]  # a list is checked on every run
+    assert await store.run(ARGV, [], mutable) == [b"a", b"3"]
+    with pytest.raises(TypeError):
+        await store.run(ARGV, [], (b"1", True))
+    assert await store.run(ARGV, [], encoded) == [b"1", b"two"]

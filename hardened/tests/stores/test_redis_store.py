@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hardened.errors import StoreUnavailable
-from hardened.stores import RedisStore, tagged
+from hardened.stores import RedisStore, Script, tagged
 from hardened.stores._scripts import LEASE_ACQUIRE
+from hardened.testing import scratch_redis_store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -23,18 +24,21 @@ pytestmark = pytest.mark.anyio
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
+# Busy-waits ARGV[1] ms on the server clock, then returns ARGV[2]: holds a connection mid-reply.
+SLOW_ECHO = Script(
+    "test_slow_echo",
+    "local t = redis.call('TIME')\n"
+    "local start = t[1] * 1000000 + t[2]\n"
+    "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= ARGV[1] * 1000\n"
+    "return ARGV[2]\n",
+    lambda state, keys, args, now: args[1],
+)
+
 
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    prefix = f"test:{uuid.uuid4().hex}:"
-    store = RedisStore.from_url(redis_url, prefix=prefix)
-    try:
+    async with scratch_redis_store(redis_url) as store:
         yield store
-    finally:
-        keys = [k async for k in store.client.scan_iter(match=f"{prefix}*", count=500)]
-        if keys:
-            await store.client.delete(*keys)
-        await store.aclose()
 
 
 def _errors(operation: str) -> float:
@@ -180,3 +184,71 @@ async def test_aclose_leaves_a_borrowed_client_open(redis_url: str) -> None:
         assert await client.ping() is True
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def one_connection(redis_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore.from_url(redis_url, max_connections=1, timeout=2.0)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def test_cancelled_call_never_hands_its_reply_to_the_next(
+    one_connection: RedisStore,
+) -> None:
+    """A call cancelled while awaiting its reply drops its connection; the next reads its own."""
+    store = one_connection
+    first = asyncio.create_task(store.run(SLOW_ECHO, [], [150, "first"]))
+    await asyncio.sleep(0.05)  # sent, the server is still busy with it
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await store.run(SLOW_ECHO, [], [0, "second"]) == b"second"
+
+
+async def test_waiters_get_a_returned_connection(one_connection: RedisStore) -> None:
+    """Calls queued on an exhausted pool proceed, in turn, when the connection comes back."""
+    store = one_connection
+    pool = store.client.connection_pool
+    held = await pool.get_connection()
+    try:
+        waiting = [asyncio.create_task(store.run(SLOW_ECHO, [], [0, str(i)])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in waiting)
+    finally:
+        await pool.release(held)
+    assert await asyncio.gather(*waiting) == [b"0", b"1", b"2"]
+
+
+async def test_pool_wait_is_bounded_by_the_timeout(redis_url: str) -> None:
+    """With every connection taken, a call fails as StoreUnavailable after `timeout`."""
+    store = RedisStore.from_url(redis_url, max_connections=1, timeout=0.2)
+    pool = store.client.connection_pool
+    try:
+        held = await pool.get_connection()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.run(SLOW_ECHO, [], [0, "late"])
+        finally:
+            await pool.release(held)
+        assert await store.run(SLOW_ECHO, [], [0, "back"]) == b"back"
+    finally:
+        await store.aclose()
+
+
+async def test_connection_closed_by_the_server_is_replaced(
+    one_connection: RedisStore, redis_url: str
+) -> None:
+    """A pooled connection the server killed between calls is replaced, not an outage."""
+    store = one_connection
+    client_id = await store.client.client_id()
+    admin = Redis.from_url(redis_url)
+    try:
+        assert await admin.client_kill_filter(_id=client_id) == 1
+    finally:
+        await admin.aclose()
+    await asyncio.sleep(0.05)  # let the loop see the close
+    assert await store.run(SLOW_ECHO, [], [0, "fresh"]) == b"fresh"
+    assert await store.client.client_id() != client_id

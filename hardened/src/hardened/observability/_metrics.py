@@ -6,6 +6,9 @@ only (policy, outcome, route template; never a user, key or IP). Getting a
 metric twice returns the same collector, so middleware can be instantiated
 many times (tests, several apps in one process) without duplicate-registration
 errors.
+
+`fast_counter` is the same counter for hot paths: increments are plain
+in-process counts, exported at scrape time (see `CountingCounter`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from hardened.observability._counting import CountingCounter
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["METRIC_PREFIX", "counter", "gauge", "histogram"]
+__all__ = ["METRIC_PREFIX", "counter", "fast_counter", "gauge", "histogram"]
 
 METRIC_PREFIX = "hardened_"
 
-_M = TypeVar("_M", Counter, Gauge, Histogram)
+_M = TypeVar("_M", Counter, CountingCounter, Gauge, Histogram)
 _lock = threading.Lock()
 _made: dict[tuple[int, str], object] = {}
 
@@ -59,6 +64,17 @@ def counter(
 ) -> Counter:
     """A counter named by the convention (``_total`` is added by the client)."""
     return _get(Counter, name.removesuffix("_total"), documentation, labelnames, registry)
+
+
+def fast_counter(
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str] = (),
+    *,
+    registry: CollectorRegistry | None = None,
+) -> CountingCounter:
+    """A counter exported exactly as `counter` would, for paths where its lock shows."""
+    return _get(CountingCounter, name.removesuffix("_total"), documentation, labelnames, registry)
 
 
 def gauge(

@@ -60,7 +60,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, cast
 
 from hardened.stores._state import MemoryState
 
@@ -140,9 +140,16 @@ def _encode(value: ScriptArg) -> bytes:
     raise TypeError(f"unsupported script argument: {type(value).__name__}")
 
 
-def encode_args(args: Sequence[ScriptArg]) -> list[bytes]:
-    """Encode script arguments exactly as Lua will see them in ``ARGV``."""
-    return [_encode(a) for a in args]
+def encode_args(args: Sequence[ScriptArg]) -> Sequence[bytes]:
+    """Encode script arguments exactly as Lua will see them in ``ARGV``.
+
+    Arguments that are all bytes already (a component pre-encodes its hot
+    path) come back as the same sequence, not a copy.
+    """
+    for a in args:
+        if a.__class__ is not bytes:
+            return [_encode(a) for a in args]
+    return cast("Sequence[bytes]", args)
 
 
 class ScriptError(RuntimeError):

@@ -10,8 +10,9 @@ fails, ranges take Redis's inclusive, negative-from-the-end indices. So a twin
 reads line by line like its Lua file.
 
 Expiry is lazy (a read of an expired key deletes it) plus a bounded sweep: a
-min-heap of deadlines from which each write pops at most ``sweep_batch``
-expired entries, so keys nobody reads again do not accumulate. Stale heap
+min-heap of deadlines from which `sweep` pops at most ``sweep_batch`` (or a
+given limit) expired entries; `MemoryStore` runs it as writes go, so keys
+nobody reads again do not accumulate. Stale heap
 entries (a key re-set with a new deadline) are skipped when popped, and the
 heap is rebuilt when it outgrows the live deadlines, so it stays bounded too.
 
@@ -22,8 +23,8 @@ thread-safe and is not shared between processes.
 
 from __future__ import annotations
 
-import heapq
 import re
+from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -115,21 +116,25 @@ class MemoryState:
 
     def _expire_at(self, key: str, deadline: float) -> None:
         self._expires[key] = deadline
-        heapq.heappush(self._heap, (deadline, key))
+        heappush(self._heap, (deadline, key))
         if len(self._heap) > 2 * len(self._expires) + _HEAP_SLACK:
-            self._heap = [(d, k) for k, d in self._expires.items()]
-            heapq.heapify(self._heap)
+            self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        self._heap = [(d, k) for k, d in self._expires.items()]
+        heapify(self._heap)
 
     def sweep(self, limit: int | None = None) -> int:
         """Delete up to ``limit`` (default ``sweep_batch``) expired keys; return how many."""
         budget = self.sweep_batch if limit is None else limit
         now = self._clock()
-        heap, removed = self._heap, 0
+        heap, expires, data, removed = self._heap, self._expires, self._data, 0
         while budget > 0 and heap and heap[0][0] <= now:
-            deadline, key = heapq.heappop(heap)
+            deadline, key = heappop(heap)
             budget -= 1
-            if self._expires.get(key) == deadline:
-                self._remove(key)
+            if expires.get(key) == deadline:  # not a stale entry: _remove(), inlined
+                del expires[key]
+                data.pop(key, None)
                 removed += 1
         return removed
 
@@ -175,7 +180,15 @@ class MemoryState:
         raise _wrong_type()
 
     def get(self, key: str) -> bytes | None:
-        return self._string(key)
+        # _string() and _lookup() inlined: GET is on every rate-limit decision.
+        deadline = self._expires.get(key)
+        if deadline is not None and deadline <= self._clock():
+            self._remove(key)
+            return None
+        value = self._data.get(key)
+        if value is None or isinstance(value, bytes):
+            return value
+        raise _wrong_type()
 
     def set(self, key: str, value: bytes, *, px: int | None = None, nx: bool = False) -> bool:
         """``SET key value [PX ms] [NX]``: without ``px`` any previous TTL is cleared."""
@@ -184,8 +197,13 @@ class MemoryState:
         self._data[key] = value
         if px is None:
             self._expires.pop(key, None)
-        else:
-            self._expire_at(key, self._clock() + px / 1000)
+            return True
+        # _expire_at(), inlined: SET PX is on every admitted rate-limit decision.
+        deadline = self._expires[key] = self._clock() + px / 1000
+        heap = self._heap
+        heappush(heap, (deadline, key))
+        if len(heap) > 2 * len(self._expires) + _HEAP_SLACK:
+            self._rebuild_heap()
         return True
 
     def incrby(self, key: str, amount: int) -> int:

@@ -17,8 +17,12 @@ fixed at construction (wall time minus clock), so ``now`` is comparable with
 ``redis.call('TIME')`` yet never jumps backwards and advances exactly as TTLs
 do. Tests inject a fake clock and advance it.
 
-Memory: expired keys go lazily on read and through a bounded sweep on every
-write (see `MemoryState`), so keys nobody reads again do not pile up.
+Memory: expired keys go lazily on read and through a bounded sweep (see
+`MemoryState`) run every ``SWEEP_EVERY`` writes with that many batches of
+budget: the same reclaim rate as a batch per write, so keys nobody reads again
+do not pile up, without paying the sweep's clock read and call on every write
+(they were a tenth of a rate-limit decision). One write in ``SWEEP_EVERY``
+does at most ``SWEEP_EVERY * sweep_batch`` removals.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ if TYPE_CHECKING:
 
     from hardened.stores._contracts import Script
 
-__all__ = ["MemoryStore"]
+__all__ = ["SWEEP_EVERY", "MemoryStore"]
 
 _BACKEND = "memory"
+#: Writes between two sweeps (each with this many ``sweep_batch`` of budget).
+SWEEP_EVERY = 8
 
 
 _ERRORS = counter("store_errors_total", "Store operations that failed", ["backend", "operation"])
@@ -54,10 +60,18 @@ class MemoryStore(ScriptLeases):
         self._clock = clock
         self._epoch = time.time() - clock()
         self.state = MemoryState(clock, sweep_batch=sweep_batch)
+        self._writes = 0
+        self._encoded: tuple[bytes, ...] | None = None
 
     def now(self) -> float:
         """The ``now`` scripts see: Unix-epoch seconds on the injected clock."""
         return self._epoch + self._clock()
+
+    def _sweep(self) -> None:
+        self._writes += 1
+        if self._writes >= SWEEP_EVERY:
+            self._writes = 0
+            self.state.sweep(SWEEP_EVERY * self.state.sweep_batch)
 
     def _unavailable(self, operation: str, exc: MemoryDataError) -> StoreUnavailable:
         _ERRORS.labels(_BACKEND, operation).inc()
@@ -78,7 +92,7 @@ class MemoryStore(ScriptLeases):
         if not isinstance(value, bytes):
             raise TypeError(f"value must be bytes, got {type(value).__name__}")
         px = None if ttl is None else ttl_ms(ttl)
-        self.state.sweep()
+        self._sweep()
         return self.state.set(key, value, px=px, nx=only_if_absent)
 
     async def delete(self, *keys: str) -> int:
@@ -94,7 +108,7 @@ class MemoryStore(ScriptLeases):
             raise TypeError("amount must be an int")
         if ttl is not None:
             return int(await self.run(COUNTER_INCR, (key,), (amount, ttl_ms(ttl))))
-        self.state.sweep()
+        self._sweep()
         try:
             return self.state.incrby(key, amount)
         except MemoryDataError as exc:
@@ -103,10 +117,20 @@ class MemoryStore(ScriptLeases):
     # -- AtomicScripts -----------------------------------------------------
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
-        encoded = encode_args(args)
-        self.state.sweep()
+        # A tuple found all-bytes stays so: the same pre-encoded ARGV tuple (a rate-limit
+        # policy's, on every decision) is checked once, then recognised by identity.
+        if args is self._encoded:
+            encoded: Sequence[bytes] = args
+        else:
+            encoded = encode_args(args)
+            if encoded is args and args.__class__ is tuple:
+                self._encoded = args
+        self._writes += 1  # _sweep(), inlined: this is the rate limiter's hot path
+        if self._writes >= SWEEP_EVERY:
+            self._writes = 0
+            self.state.sweep(SWEEP_EVERY * self.state.sweep_batch)
         try:
-            return script.memory(self.state, tuple(keys), encoded, self.now())
+            return script.memory(self.state, keys, encoded, self._epoch + self._clock())
         except MemoryDataError as exc:
             raise self._unavailable(script.name, exc) from exc
 
