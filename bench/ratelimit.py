@@ -10,9 +10,11 @@ Redis database, under its own fresh key prefix (deleted at exit):
   the floor (one round trip);
 * ``one_policy`` / ``three_policy``: `RateLimiter.check` with 1 and 3 GCRA /
   sliding-window policies (one ``EVALSHA`` either way) on ``RedisStore.from_url``
-  defaults (a ``BlockingConnectionPool`` with a timeout, so a 200-wide burst
-  waits instead of failing); ``*_plain_pool``: the same on redis-py's default
-  pool, as the floor and the peers use, which isolates the pool's cost;
+  defaults (a blocking pool with a timeout, so a 200-wide burst waits instead
+  of failing, whose uncontended path skips redis-py's per-call machinery; see
+  ``hardened.stores.redis``); ``*_plain_pool``: the same on a client passed in
+  (redis-py's default pool and full ``execute_command`` path, as the floor and
+  the peers use), which isolates what that direct path saves;
 * ``limits_moving_window`` / ``limits_sliding_window``: ``limits.aio`` with
   its redis-py async storage; ``limits_three``: ``limits`` checking the same
   three limits one after another (moving window, as slowapi does);

@@ -77,7 +77,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 @pytest.fixture
 async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
     prefix = f"test:{uuid.uuid4().hex}:"
-    store = RedisStore.from_url(redis_url, prefix=prefix)
+    store = RedisStore.from_url(redis_url, prefix=prefix)  # default pool settings on purpose
     try:
         yield store
     finally:
@@ -221,6 +221,7 @@ async def test_redis_and_twin_agree_exactly(redis_store: RedisStore) -> None:
     policies = [
         Policy("fast", limit=5, period=0.2),
         Policy("burst", limit=3, period=0.3, burst=6),
+        Policy("shadowgcra", limit=2, period=0.2, shadow=True),
         Policy("window", limit=4, period=0.25, algorithm="sliding_window"),
         Policy("shadowed", limit=2, period=0.2, algorithm="sliding_window", shadow=True),
     ]
@@ -245,9 +246,10 @@ async def test_redis_and_twin_agree_exactly(redis_store: RedisStore) -> None:
 async def test_200_concurrent_checks_admit_exactly_50(
     redis_store: RedisStore, algorithm: str
 ) -> None:
-    """200 concurrent checks of a 50/min policy on Redis (default pool) admit exactly 50."""
+    """200 concurrent checks on from_url defaults admit exactly 50 of 50/min, no store error."""
     policy = Policy("storm", limit=50, period=60.0, algorithm=algorithm)  # type: ignore[arg-type]
     limiter = RateLimiter(redis_store)
+    assert redis_store.client.connection_pool.max_connections < 200  # the burst outruns the pool
     # The sliding-window counter's windows are epoch-aligned; a burst straddling a
     # boundary may admit one extra (the approximation's floor), so start clear of one.
     if algorithm == "sliding_window" and time.time() % 60.0 > 55.0:
@@ -299,6 +301,20 @@ async def test_shadow_policy_never_blocks(backend: Backend) -> None:
         "hardened_ratelimit_decisions_total", {"policy": "shadow", "outcome": "shadow_limited"}
     )
     assert after - before == 3
+
+
+async def test_lone_shadow_policy_reports_but_never_blocks(backend: Backend) -> None:
+    """A request under one shadow policy alone goes through past the limit, counted as such."""
+    shadow = Policy("lone-shadow", limit=2, period=60.0, shadow=True)
+    labels = {"policy": "lone-shadow", "outcome": "shadow_limited"}
+    limiter = backend.limiter()
+    before = sample("hardened_ratelimit_decisions_total", labels)
+    decisions = [await limiter.check([(shadow, "k")]) for _ in range(4)]
+    assert all(d.allowed and d.violated is None for d in decisions)
+    assert [d.results[0].allowed for d in decisions] == [True, True, False, False]
+    assert [d.results[0].remaining for d in decisions] == [1, 0, 0, 0]
+    assert decisions[2].results[0].retry_after > 0
+    assert sample("hardened_ratelimit_decisions_total", labels) - before == 2
 
 
 async def test_bad_input_is_refused(backend: Backend) -> None:

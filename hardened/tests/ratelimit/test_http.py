@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
 from structlog.testing import capture_logs
 
 from hardened.errors import StoreUnavailable
@@ -27,6 +29,7 @@ from hardened.ratelimit._http import (
     rate_limit,
     ratelimit_header,
 )
+from hardened.stores import RedisStore
 from hardened.stores.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -388,3 +391,51 @@ async def test_fastapi_dependency_limits_and_renders_429() -> None:
     assert refused.headers["retry-after"] == "2"
     assert dict(parse_sf_list(refused.headers["ratelimit"]))["webhook"] == {"r": 0, "t": 2}
     assert refused.json()["violated_policy"] == "webhook"
+
+
+@pytest.mark.anyio
+async def test_three_policies_over_http_are_one_redis_command(redis_url: str) -> None:
+    """IP, user and tenant of each request: one EVALSHA on Redis; a refusal consumes nothing."""
+    prefix, name = f"test:{uuid.uuid4().hex}:", f"rl-http-{uuid.uuid4().hex}"
+    pool = BlockingConnectionPool.from_url(redis_url, client_name=name, max_connections=4)
+    store = RedisStore(Redis(connection_pool=pool), prefix=prefix, owns_client=True)
+    ip, user = Policy("ip", 100, 60), Policy("user", 2, 60, algorithm="sliding_window")
+    rules = [Rule("/", ((ip, by_ip), (user, by_header("x-user"))))]
+    app = RateLimitMiddleware(
+        hello, limiter=RateLimiter(store), rules=rules, default=[(TENANT, by_header("x-tenant"))]
+    )
+    probe, monitor = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    alice = {"x-user": "alice", "x-tenant": "t1"}
+    try:
+        async with client(app) as c:
+            first = await c.get("/", headers=alice)  # warm-up: script loaded, connection open
+            ours = {
+                cl["addr"].rsplit(":", 1)[1]
+                for cl in await probe.client_list()
+                if cl["name"] == name
+            }
+            marker = uuid.uuid4().hex
+            async with monitor.monitor() as lines:
+                await probe.echo(marker + "-start")
+                second = await c.get("/", headers=alice)
+                refused = await c.get("/", headers=alice)
+                bob = await c.get("/", headers={"x-user": "bob", "x-tenant": "t1"})
+                await probe.echo(marker)
+                seen = []
+                while marker != (line := await lines.next_command())["command"].split(" ")[-1]:
+                    seen.append(line)
+    finally:
+        await monitor.aclose()
+        await probe.aclose()
+        keys = [k async for k in store.client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await store.client.delete(*keys)
+        await store.aclose()
+    start = next(i for i, ln in enumerate(seen) if ln["command"].endswith(marker + "-start"))
+    mine = [ln["command"].split(" ")[0] for ln in seen[start:] if ln["client_port"] in ours]
+    assert mine == ["EVALSHA"] * 3
+    assert [first.status_code, second.status_code, refused.status_code] == [200, 200, 429]
+    assert refused.json()["violated_policy"] == "user"
+    remaining = {n: p["r"] for n, p in parse_sf_list(bob.headers["ratelimit"])}
+    # alice's refused third request took nothing from the IP or tenant quotas.
+    assert remaining == {"ip": 97, "user": 1, "tenant": 997}

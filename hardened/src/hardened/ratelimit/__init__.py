@@ -4,7 +4,8 @@ GCRA and sliding-window counters over the stores' atomic scripts (one Redis
 round trip for all of a request's policies, quota consumed only when all
 allow), per-policy fail modes and shadow mode, and the HTTP layer: pure-ASGI
 middleware, a FastAPI dependency and the IETF ``RateLimit-Policy`` /
-``RateLimit`` headers.
+``RateLimit`` headers, and `Throttle` for the same limits outside HTTP
+(WebSocket messages, outbound sends, job enqueues).
 """
 
 from hardened.ratelimit._core import Algorithm, Decision, Policy, PolicyResult, RateLimiter
@@ -24,6 +25,7 @@ from hardened.ratelimit._http import (
     ratelimit_headers,
     retry_after_seconds,
 )
+from hardened.ratelimit._throttle import Throttle
 
 __all__ = [
     "Algorithm",
@@ -35,6 +37,7 @@ __all__ = [
     "RateLimitMiddleware",
     "RateLimiter",
     "Rule",
+    "Throttle",
     "by_header",
     "by_ip",
     "by_route",

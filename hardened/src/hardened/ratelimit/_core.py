@@ -45,12 +45,12 @@ shadow_limited, failed_open, failed_closed),
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Literal
 
 from hardened.errors import StoreUnavailable
-from hardened.observability._metrics import counter
+from hardened.observability._metrics import counter, fast_counter
 from hardened.stores._contracts import Script, tagged
 
 if TYPE_CHECKING:
@@ -64,16 +64,23 @@ __all__ = ["CHECK", "Algorithm", "Decision", "Policy", "PolicyResult", "RateLimi
 Algorithm = Literal["gcra", "sliding_window"]
 
 _US = 1_000_000
+# One evaluated hit in the twin, as in the Lua: ok, retry, remaining and reset before
+# and after consuming, then the write to make if every enforced policy allows.
+_Res = tuple[int, int, int, int, int, int, "tuple[int, ...] | None"]
 _NAME = re.compile(r"[a-z0-9_.-]+")
 _ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
 _MAX_PRODUCT = 2**52  # keeps every Lua (double) product exact
 
-_DECISIONS = counter(
+# Counted in process and exported on scrape (fast_counter): a Counter's lock was a
+# tenth of a MemoryStore decision. Same names, labels and type as Counters.
+_DECISIONS = fast_counter(
     "ratelimit_decisions_total",
     "Rate-limit decisions by policy and outcome.",
     ["policy", "outcome"],
 )
-_NEAR = counter("ratelimit_near_limit_total", "Decisions leaving <= 20% of a quota.", ["policy"])
+_NEAR = fast_counter(
+    "ratelimit_near_limit_total", "Decisions leaving <= 20% of a quota.", ["policy"]
+)
 _STORE_ERRORS = counter("ratelimit_store_errors_total", "Rate-limit checks the store failed.")
 
 
@@ -140,21 +147,58 @@ class Decision:
         return any(r.remaining * 5 <= r.policy.limit for r in self.results)
 
 
+# Frozen dataclasses initialise through object.__setattr__, one generic call per field;
+# the hot path sets their slots through the slot descriptors instead: the same objects,
+# built in half the time. The import-time check keeps the field lists in step.
+_new = object.__new__
+_RESULT_FIELDS = ("policy", "allowed", "remaining", "reset_after", "retry_after")
+_DECISION_FIELDS = ("allowed", "results", "violated", "most_restrictive", "store_failed")
+if (
+    tuple(f.name for f in fields(PolicyResult)) != _RESULT_FIELDS
+    or tuple(f.name for f in fields(Decision)) != _DECISION_FIELDS
+):  # pragma: no cover - a changed dataclass must update the builders
+    raise RuntimeError("PolicyResult/Decision fields changed: update their builders")
+_R_POLICY, _R_ALLOWED, _R_REMAINING, _R_RESET, _R_RETRY = (
+    PolicyResult.__dict__[name].__set__ for name in _RESULT_FIELDS
+)
+_D_ALLOWED, _D_RESULTS, _D_VIOLATED, _D_RESTRICTIVE, _D_FAILED = (
+    Decision.__dict__[name].__set__ for name in _DECISION_FIELDS
+)
+
+
+def _result(
+    policy: Policy, allowed: bool, remaining: int, reset_after: float, retry_after: float
+) -> PolicyResult:
+    r = _new(PolicyResult)
+    _R_POLICY(r, policy)
+    _R_ALLOWED(r, allowed)
+    _R_REMAINING(r, remaining)
+    _R_RESET(r, reset_after)
+    _R_RETRY(r, retry_after)
+    return r
+
+
+def _decision(
+    allowed: bool,
+    results: tuple[PolicyResult, ...],
+    violated: PolicyResult | None,
+    restrictive: PolicyResult | None,
+    *,
+    failed: bool,
+) -> Decision:
+    d = _new(Decision)
+    _D_ALLOWED(d, allowed)
+    _D_RESULTS(d, results)
+    _D_VIOLATED(d, violated)
+    _D_RESTRICTIVE(d, restrictive)
+    _D_FAILED(d, failed)
+    return d
+
+
 # -- the script's Python twin ------------------------------------------------------
 
 
-def _gcra(state: MemoryState, key: str, now: int, cost: int, *, a: int, b: int) -> list[Any]:
-    raw = state.get(key)
-    tat = max(now if raw is None else int(raw), now)
-    new_tat = tat + cost * a
-    diff = now - (new_tat - b)
-    before = [max(0, (now - (tat - b)) // a), tat - now]
-    if diff >= 0:
-        return [1, 0, before, [diff // a, new_tat - now], (new_tat,)]
-    return [0, -diff, before, None, None]
-
-
-def _window(state: MemoryState, key: str, now: int, cost: int, *, limit: int, a: int) -> list[Any]:
+def _window(state: MemoryState, key: str, now: int, cost: int, *, limit: int, a: int) -> _Res:
     w, e = divmod(now, a)
     hw, hc, hp = state.hmget(key, b"w", b"c", b"p")
     cur = prev = 0
@@ -164,10 +208,10 @@ def _window(state: MemoryState, key: str, now: int, cost: int, *, limit: int, a:
         prev = int(hc or 0)
     weighted = prev * (a - e) // a + cur
     reset = 2 * a - e if cur > 0 else (a - e if prev > 0 else 0)
-    before = [max(0, limit - weighted), reset]
+    before = max(0, limit - weighted)
     if weighted + cost <= limit:
         write = (w, cur + cost, prev, 2 * a - e)
-        return [1, 0, before, [limit - weighted - cost, 2 * a - e], write]
+        return 1, 0, before, reset, limit - weighted - cost, 2 * a - e, write
     room = limit - cost - cur
     if room >= 0:
         retry = a - ((room + 1) * a - 1) // prev - e
@@ -176,24 +220,62 @@ def _window(state: MemoryState, key: str, now: int, cost: int, *, limit: int, a:
         retry = a - e + e2
     else:
         retry = a
-    return [0, retry, before, None, None]
+    return 0, retry, before, reset, 0, 0, None
 
 
 def _check(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now: float) -> Any:
-    """Twin of ``ratelimit_check.lua``: same reply, same writes, same TTLs."""
-    now_us, cost, every = round(now * _US), int(args[0]), 1
-    evaluated = []
-    for i, key in enumerate(keys):
-        alg, shadow, limit, a, b = args[1 + i * 5 : 6 + i * 5]
-        if alg == b"1":
-            res = _gcra(state, key, now_us, cost, a=int(a), b=int(b))
+    """Twin of ``ratelimit_check.lua``: same reply, same writes, same TTLs.
+
+    One GCRA hit (the common case) is unrolled here; any other mix goes to
+    `_check_all`, shaped like the Lua (GCRA inline, one tuple per hit). The
+    twin is most of a decision's cost on `MemoryStore`.
+    """
+    now_us, cost = round(now * _US), int(args[0])
+    if len(keys) == 1 and args[1] == b"1":
+        key = keys[0]
+        a, b = int(args[4]), int(args[5])
+        raw = state.get(key)
+        tat = now_us if raw is None else max(int(raw), now_us)
+        new_tat = tat + cost * a
+        diff = now_us - (new_tat - b)
+        if diff >= 0:
+            state.set(key, b"%d" % new_tat, px=(new_tat - now_us + 999) // 1000)
+            return [now_us, 1, 1, diff // a, new_tat - now_us, 0]
+        shown = max(0, (now_us - (tat - b)) // a)
+        return [now_us, 1 if args[2] == b"1" else 0, 0, shown, tat - now_us, -diff]
+    return _check_all(state, keys, args, now_us, cost)
+
+
+def _check_all(
+    state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now_us: int, cost: int
+) -> Any:
+    """`_check` for any mix of hits, shaped like the Lua loop by loop."""
+    every = 1
+    res: list[_Res] = []
+    j = 1
+    for key in keys:
+        a = int(args[j + 3])
+        if args[j] == b"1":
+            b = int(args[j + 4])
+            raw = state.get(key)
+            tat = now_us if raw is None else max(int(raw), now_us)
+            new_tat = tat + cost * a
+            diff = now_us - (new_tat - b)
+            before = max(0, (now_us - (tat - b)) // a)
+            if diff >= 0:
+                r: _Res = (1, 0, before, tat - now_us, diff // a, new_tat - now_us, (new_tat,))
+            else:
+                r = (0, -diff, before, tat - now_us, 0, 0, None)
         else:
-            res = _window(state, key, now_us, cost, limit=int(limit), a=int(a))
-        if res[0] == 0 and shadow != b"1":
+            r = _window(state, key, now_us, cost, limit=int(args[j + 2]), a=a)
+        if r[0] == 0 and args[j + 1] != b"1":
             every = 0
-        evaluated.append(res)
+        res.append(r)
+        j += 5
     out: list[int] = [now_us, every]
-    for key, (ok, retry, before, after, write) in zip(keys, evaluated, strict=True):
+    for key, (ok, retry, rem_before, reset_before, rem_after, reset_after, write) in zip(
+        keys, res, strict=True
+    ):
         if every and write is not None:
             if len(write) == 1:
                 state.set(key, b"%d" % write[0], px=(write[0] - now_us + 999) // 1000)
@@ -201,8 +283,9 @@ def _check(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now: 
                 fields = {b"w": b"%d" % write[0], b"c": b"%d" % write[1], b"p": b"%d" % write[2]}
                 state.hset(key, fields)
                 state.pexpire(key, (write[3] + 999) // 1000)
-        shown = after if every and write is not None else before
-        out += [ok, shown[0], shown[1], retry]
+            out += (ok, rem_after, reset_after, retry)
+        else:
+            out += (ok, rem_before, reset_before, retry)
     return out
 
 
@@ -218,16 +301,49 @@ CHECK = _load()
 # -- the limiter ---------------------------------------------------------------------
 
 
-def _params(policy: Policy) -> tuple[bytes, bytes, bytes, bytes, bytes, str]:
-    """Pre-encoded script arguments for ``policy``, plus its key infix."""
-    period_us = round(policy.period * _US)
-    shadow = b"1" if policy.shadow else b"0"
-    limit = b"%d" % policy.limit
-    if policy.algorithm == "gcra":
-        interval = max(1, round(period_us / policy.limit))
-        capacity = (policy.burst or policy.limit) * interval
-        return b"1", shadow, limit, b"%d" % interval, b"%d" % capacity, f"{policy.name}:g:"
-    return b"2", shadow, limit, b"%d" % period_us, b"0", f"{policy.name}:s:"
+class _Entry:
+    """What a limiter derives once per policy: script arguments, key prefix, metric children."""
+
+    __slots__ = (
+        "allowed",
+        "args1",
+        "decisions",
+        "limited",
+        "near",
+        "params",
+        "policy",
+        "prefix",
+        "shadow_limited",
+    )
+
+    def __init__(self, policy: Policy, namespace_prefix: str) -> None:
+        period_us = round(policy.period * _US)
+        shadow = b"1" if policy.shadow else b"0"
+        limit = b"%d" % policy.limit
+        if policy.algorithm == "gcra":
+            interval = max(1, round(period_us / policy.limit))
+            capacity = (policy.burst or policy.limit) * interval
+            self.params = (b"1", shadow, limit, b"%d" % interval, b"%d" % capacity)
+            infix = "g"
+        else:
+            self.params = (b"2", shadow, limit, b"%d" % period_us, b"0")
+            infix = "s"
+        self.policy = policy
+        self.prefix = f"{namespace_prefix}{policy.name}:{infix}:"
+        self.args1 = (b"1", *self.params)  # the whole ARGV of a one-hit check at cost 1
+        # Resolve the metric series once: a decision only calls their incrementers.
+        self.decisions = {o: _DECISIONS.incrementer(policy.name, o) for o in _OUTCOMES}
+        self.allowed = self.decisions["allowed"]
+        self.limited = self.decisions["limited"]
+        self.shadow_limited = self.decisions["shadow_limited"]
+        self.near = _NEAR.incrementer(policy.name)
+
+
+def _escape(key: str) -> str:
+    # Most keys (IPs, ids) need no escaping; testing for it is 5-10x cheaper than translate().
+    if "%" in key or ":" in key or "{" in key or "}" in key:
+        return key.translate(_ESCAPES)
+    return key
 
 
 def _failed(policy: Policy) -> PolicyResult:
@@ -238,59 +354,109 @@ def _failed(policy: Policy) -> PolicyResult:
     return PolicyResult(policy, allowed=False, remaining=0, reset_after=1.0, retry_after=1.0)
 
 
+_OUTCOMES = ("allowed", "limited", "shadow_limited", "failed_open", "failed_closed")
+_BY_ID_MAX = 1024
+
+
 class RateLimiter:
     """Checks a request's (policy, key) hits in one atomic script on ``store``."""
 
     def __init__(self, store: AtomicScripts, *, namespace: str = "rl") -> None:
         self._store = store
         self._prefix = tagged(namespace) + ":"
-        self._params: dict[Policy, tuple[bytes, bytes, bytes, bytes, bytes, str]] = {}
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._entries: dict[Policy, _Entry] = {}
+        # Hashing a Policy hashes all its fields; the same objects come back on every
+        # request, so look them up by identity first (bounded: cleared when full).
+        self._by_id: dict[int, _Entry] = {}
 
-    def _counter(self, metric: Any, *labels: str) -> Any:
-        # labels() takes a lock and builds a tuple on every call: cache the children.
-        child = self._children.get((metric, labels))
-        if child is None:
-            child = self._children[metric, labels] = metric.labels(*labels)
-        return child
+    def _entry(self, policy: Policy) -> _Entry:
+        entry = self._by_id.get(id(policy))
+        if entry is not None and entry.policy is policy:
+            return entry
+        entry = self._entries.get(policy)
+        if entry is None:
+            entry = self._entries[policy] = _Entry(policy, self._prefix)
+        if len(self._by_id) >= _BY_ID_MAX:
+            self._by_id.clear()
+        self._by_id[id(policy)] = entry
+        return entry
 
     def key_for(self, policy: Policy, key: str) -> str:
         """The store key holding ``policy``'s counter for ``key``."""
-        return self._prefix + self._param(policy)[5] + key.translate(_ESCAPES)
-
-    def _param(self, policy: Policy) -> tuple[bytes, bytes, bytes, bytes, bytes, str]:
-        params = self._params.get(policy)
-        if params is None:
-            params = self._params[policy] = _params(policy)
-        return params
+        return self._entry(policy).prefix + _escape(key)
 
     async def check(self, hits: Sequence[tuple[Policy, str]], *, cost: int = 1) -> Decision:
         """Evaluate every hit in one round trip; consume only if all enforced policies allow."""
-        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+        if (
+            cost.__class__ is not int and (isinstance(cost, bool) or not isinstance(cost, int))
+        ) or cost < 1:
             raise ValueError("cost must be an int >= 1")
+        if len(hits) == 1:  # the common case, without the loops
+            policy, key = hits[0]
+            entry = self._by_id.get(id(policy))
+            if entry is None or entry.policy is not policy:
+                entry = self._entry(policy)
+            args: tuple[bytes, ...] = entry.args1 if cost == 1 else (b"%d" % cost, *entry.params)
+            if "%" in key or ":" in key or "{" in key or "}" in key:  # _escape(), inlined
+                key = key.translate(_ESCAPES)
+            try:
+                reply = await self._store.run(CHECK, [entry.prefix + key], args)
+            except StoreUnavailable:
+                _STORE_ERRORS.inc()
+                return self._decide((_failed(policy),), failed=True)
+            ok = reply[2] == 1
+            remaining, limit = reply[3], policy.limit
+            if remaining > limit:  # noqa: PLR1730 - min() is a call, this is the hot path
+                remaining = limit
+            # _result(), _decide() and _decision() for one result, unrolled.
+            result = _new(PolicyResult)
+            _R_POLICY(result, policy)
+            _R_ALLOWED(result, ok)
+            _R_REMAINING(result, remaining)
+            _R_RESET(result, reply[4] / _US)
+            _R_RETRY(result, reply[5] / _US)
+            decision = _new(Decision)
+            _D_RESULTS(decision, (result,))
+            _D_RESTRICTIVE(decision, result)
+            _D_FAILED(decision, False)  # noqa: FBT003 - a slot setter, not a flag
+            violated = None
+            if ok:
+                entry.allowed()
+            elif policy.shadow:
+                entry.shadow_limited()
+            else:
+                entry.limited()
+                violated = result
+            _D_ALLOWED(decision, violated is None)
+            _D_VIOLATED(decision, violated)
+            if remaining * 5 <= limit:
+                entry.near()
+            return decision
+        return await self._check_many(hits, cost)
+
+    async def _check_many(self, hits: Sequence[tuple[Policy, str]], cost: int) -> Decision:
         if not hits:
             return Decision(
                 allowed=True, results=(), violated=None, most_restrictive=None, store_failed=False
             )
-        keys: list[str] = []
-        args: list[bytes] = [b"%d" % cost]
-        for policy, key in hits:
-            params = self._param(policy)
-            keys.append(self._prefix + params[5] + key.translate(_ESCAPES))
-            args += params[:5]
+        entries = tuple(self._entry(policy) for policy, _ in hits)
+        keys = [entry.prefix + _escape(key) for entry, (_, key) in zip(entries, hits, strict=True)]
         if len(set(keys)) != len(keys):
             raise ValueError("the same (policy, key) appears twice in one check")
+        argv: list[bytes] = [b"%d" % cost]
+        for entry in entries:
+            argv += entry.params
         try:
-            reply = await self._store.run(CHECK, keys, args)
+            reply = await self._store.run(CHECK, keys, argv)
         except StoreUnavailable:
             _STORE_ERRORS.inc()
-            return self._decide(tuple(_failed(p) for p, _ in hits), failed=True)
+            return self._decide(tuple(_failed(p) for p, _ in hits), failed=True, entries=entries)
         results = []
-        for i, (policy, _) in enumerate(hits):
-            j = 2 + i * 4
+        j = 2
+        for policy, _ in hits:
             remaining = reply[j + 1]
             results.append(
-                PolicyResult(
+                _result(
                     policy,
                     reply[j] == 1,
                     remaining if remaining < policy.limit else policy.limit,
@@ -298,13 +464,22 @@ class RateLimiter:
                     reply[j + 3] / _US,
                 )
             )
-        return self._decide(tuple(results), failed=False)
+            j += 4
+        return self._decide(tuple(results), failed=False, entries=entries)
 
-    def _decide(self, results: tuple[PolicyResult, ...], *, failed: bool) -> Decision:
+    def _decide(
+        self,
+        results: tuple[PolicyResult, ...],
+        *,
+        failed: bool,
+        entries: Sequence[_Entry] | None = None,
+    ) -> Decision:
+        if entries is None:
+            entries = tuple(self._entry(r.policy) for r in results)
         violated: PolicyResult | None = None
         restrictive: PolicyResult | None = None
         allowed = True
-        for r in results:
+        for r, entry in zip(results, entries, strict=True):
             policy = r.policy
             if failed:
                 outcome = "failed_open" if r.allowed else "failed_closed"
@@ -312,9 +487,9 @@ class RateLimiter:
                 outcome = "allowed"
             else:
                 outcome = "shadow_limited" if policy.shadow else "limited"
-            self._counter(_DECISIONS, policy.name, outcome).inc()
+            entry.decisions[outcome]()
             if r.remaining * 5 <= policy.limit:
-                self._counter(_NEAR, policy.name).inc()
+                entry.near()
             if not r.allowed and not policy.shadow:
                 allowed = False
                 if violated is None or r.retry_after > violated.retry_after:
@@ -324,4 +499,4 @@ class RateLimiter:
                 or r.remaining * restrictive.policy.limit < restrictive.remaining * policy.limit
             ):
                 restrictive = r
-        return Decision(allowed, results, violated, restrictive, failed)
+        return _decision(allowed, results, violated, restrictive, failed=failed)

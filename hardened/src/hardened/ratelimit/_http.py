@@ -33,13 +33,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import structlog
 
-from hardened._context import get_client_ip
+from hardened._context import client_ip_var
 from hardened._types import Scope
 from hardened.errors import RateLimited, StoreUnavailable
 from hardened.http._problem import send_problem
@@ -71,6 +72,7 @@ Keyer: TypeAlias = Callable[[Scope], str | None]
 """A key function: the bucket key of a request, or None when the policy does not apply."""
 
 _MAX_SF_INT = 999_999_999_999_999  # RFC 9651 sf-integer: at most 15 digits
+_client_ip = client_ip_var.get  # get_client_ip() without its call, for every request
 
 
 class QuotaExceeded(RateLimited):
@@ -104,7 +106,7 @@ class QuotaExceeded(RateLimited):
 
 def by_ip(scope: Scope) -> str | None:
     """The client IP decided by the trusted-proxy rule, else the socket peer."""
-    ip = get_client_ip()
+    ip = _client_ip()
     if ip:
         return ip
     client = scope.get("client")
@@ -164,26 +166,75 @@ def _sf_int(value: float) -> int:
     return max(0, min(_MAX_SF_INT, math.ceil(value)))
 
 
+def _window(policy: Policy) -> int:
+    return max(1, _sf_int(policy.period))
+
+
+class _Item:
+    """What one policy puts in the two fields that never changes: derived once per policy."""
+
+    __slots__ = ("policy", "policy_item", "prefix", "value")
+
+    def __init__(self, policy: Policy) -> None:
+        name = _sf_string(policy.name)
+        self.policy = policy
+        # The whole RateLimit-Policy item, e.g. '"ip";q=100;w=60'.
+        self.policy_item = f"{name};q={_sf_int(policy.limit)};w={_window(policy)}"
+        self.value = self.policy_item.encode("ascii")  # the field when it is the only item
+        self.prefix = name.encode("ascii") + b";r="  # the RateLimit item before its numbers
+
+
+# Policies are long-lived and the same objects come back on every request: look their
+# items up by identity (the entry holds the policy, so its id cannot be reused while
+# cached). Bounded: a caller minting policies per request only empties it now and then.
+_ITEMS: dict[int, _Item] = {}
+_POLICY_VALUES: dict[tuple[int, ...], tuple[tuple[Policy, ...], bytes]] = {}
+_CACHE_MAX = 1024
+
+
+def _item(policy: Policy) -> _Item:
+    item = _ITEMS.get(id(policy))
+    if item is None or item.policy is not policy:
+        if len(_ITEMS) >= _CACHE_MAX:
+            _ITEMS.clear()
+        item = _ITEMS[id(policy)] = _Item(policy)
+    return item
+
+
+def _policy_value(results: Sequence[PolicyResult]) -> bytes:
+    # RateLimit-Policy is constant per ordered set of policies: built once per set.
+    if len(results) == 1:
+        return _item(results[0].policy).value
+    policies = tuple(r.policy for r in results)
+    ids = tuple(map(id, policies))
+    cached = _POLICY_VALUES.get(ids)
+    if cached is not None and all(map(operator.is_, cached[0], policies)):
+        return cached[1]
+    value = ", ".join(_item(p).policy_item for p in policies).encode("ascii")
+    if len(_POLICY_VALUES) >= _CACHE_MAX:
+        _POLICY_VALUES.clear()
+    _POLICY_VALUES[ids] = (policies, value)
+    return value
+
+
+def _ratelimit_item(result: PolicyResult, item: _Item | None = None) -> bytes:
+    remaining = result.remaining
+    if remaining.__class__ is not int or not 0 <= remaining <= _MAX_SF_INT:
+        remaining = _sf_int(remaining)
+    # t: the reset time when allowed, the retry-after (>= 1) when refused.
+    seconds = _sf_int(result.reset_after) if result.allowed else max(1, _sf_int(result.retry_after))
+    prefix = (item or _item(result.policy)).prefix
+    return b"%s%d;t=%d" % (prefix, remaining, seconds)
+
+
 def _advertised(results: Iterable[PolicyResult]) -> list[PolicyResult]:
     return [r for r in results if not r.policy.shadow]
 
 
 def policy_header(results: Iterable[PolicyResult]) -> str:
     """``RateLimit-Policy`` value: ``"name";q=<limit>;w=<period, s>`` items, comma-separated."""
-    return ", ".join(
-        f"{_sf_string(r.policy.name)};q={_sf_int(r.policy.limit)};w={_window(r.policy)}"
-        for r in _advertised(results)
-    )
-
-
-def _window(policy: Policy) -> int:
-    return max(1, _sf_int(policy.period))
-
-
-def _seconds_until_available(result: PolicyResult) -> int:
-    if result.allowed:
-        return _sf_int(result.reset_after)
-    return max(1, _sf_int(result.retry_after))
+    advertised = _advertised(results)
+    return _policy_value(advertised).decode("ascii") if advertised else ""
 
 
 def ratelimit_header(results: Iterable[PolicyResult]) -> str:
@@ -192,10 +243,7 @@ def ratelimit_header(results: Iterable[PolicyResult]) -> str:
     ``t`` is the reset time for a policy that allowed, and the retry-after (>= 1)
     for one that refused, so it matches ``Retry-After`` on a 429.
     """
-    return ", ".join(
-        f"{_sf_string(r.policy.name)};r={_sf_int(r.remaining)};t={_seconds_until_available(r)}"
-        for r in _advertised(results)
-    )
+    return b", ".join(map(_ratelimit_item, _advertised(results))).decode("ascii")
 
 
 def _ordered(decision: Decision) -> list[PolicyResult]:
@@ -204,18 +252,43 @@ def _ordered(decision: Decision) -> list[PolicyResult]:
     return [first, *rest] if first is not None else rest
 
 
+_POLICY_FIELD = b"ratelimit-policy"
+_RATELIMIT_FIELD = b"ratelimit"
+
+
+def _header_list(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """`ratelimit_headers` as ASGI header pairs, built in bytes (the middleware's form)."""
+    if decision.store_failed:
+        return []
+    results = decision.results
+    if len(results) == 1:  # the common case: no ordering, no filtering lists
+        result = results[0]
+        if result.policy.shadow:
+            return []
+        item = _item(result.policy)
+        return [(_POLICY_FIELD, item.value), (_RATELIMIT_FIELD, _ratelimit_item(result, item))]
+    advertised = _advertised(_ordered(decision))
+    if not advertised:
+        return []
+    return [
+        (_POLICY_FIELD, _policy_value(advertised)),
+        (_RATELIMIT_FIELD, b", ".join(map(_ratelimit_item, advertised))),
+    ]
+
+
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
     """Both fields for a decision; empty when no enforced policy applied or the store failed.
 
     After a store failure the results are the fail modes' stand-ins (full quota or a
     1 s refusal), not real quota state, so advertising them would mislead clients.
     """
-    if decision.store_failed:
+    pairs = _header_list(decision)
+    if not pairs:
         return {}
-    results = _advertised(_ordered(decision))
-    if not results:
-        return {}
-    return {"RateLimit-Policy": policy_header(results), "RateLimit": ratelimit_header(results)}
+    return {
+        "RateLimit-Policy": pairs[0][1].decode("ascii"),
+        "RateLimit": pairs[1][1].decode("ascii"),
+    }
 
 
 def retry_after_seconds(decision: Decision) -> int:
@@ -312,8 +385,20 @@ async def enforce(
     return ratelimit_headers(decision)
 
 
+_Limits: TypeAlias = "tuple[tuple[Policy, Keyer], ...]"
+# What a (method, path) checks: its limits, and whether a policy can appear twice in them.
+_Plan: TypeAlias = "tuple[_Limits, bool]"
+_PLANS_MAX = 4096  # bounded: paths are the client's choice
+_PLAN_PATH_MAX = 256  # longer paths are matched every time rather than kept
+
+
 class RateLimitMiddleware:
-    """Pure-ASGI rate limiting driven by a route table; websockets and lifespan pass through."""
+    """Pure-ASGI rate limiting driven by a route table; websockets and lifespan pass through.
+
+    Which limits a method and path get is decided once per distinct pair and kept
+    (a bounded cache, emptied when full), so a request pays one dict lookup, not
+    one `Rule.matches` per rule.
+    """
 
     def __init__(
         self,
@@ -331,30 +416,62 @@ class RateLimitMiddleware:
         self.default = tuple(default)
         self.cost = cost
         self.debug = debug
+        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._planned_rules, self._planned_default = self.rules, self.default
+
+    def _plan(self, method: str, path: str) -> _Plan:
+        if self._planned_rules is not self.rules or self._planned_default is not self.default:
+            self._plans.clear()  # the table was replaced: forget what the old one decided
+            self._planned_rules, self._planned_default = self.rules, self.default
+        limits = (
+            *(lim for rule in self.rules if rule.matches(method, path) for lim in rule.limits),
+            *self.default,
+        )
+        policies = [policy for policy, _ in limits]
+        plan = limits, len(set(policies)) != len(policies)
+        if len(path) <= _PLAN_PATH_MAX:
+            if len(self._plans) >= _PLANS_MAX:
+                self._plans.clear()
+            self._plans[method, path] = plan
+        return plan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         method, path = scope.get("method", "GET"), scope.get("path", "")
-        limits = [lim for rule in self.rules if rule.matches(method, path) for lim in rule.limits]
-        hits = _hits(scope, [*limits, *self.default])
+        plan = self._plans.get((method, path))
+        if (
+            plan is None
+            or self._planned_rules is not self.rules
+            or self._planned_default is not self.default
+        ):
+            plan = self._plan(method, path)
+        limits, repeats = plan
+        if repeats:
+            hits = _hits(scope, limits)
+        else:  # no policy twice, so no (policy, key) twice: nothing to deduplicate
+            hits = []
+            for policy, keyer in limits:
+                key = keyer(scope)
+                if key is not None:
+                    hits.append((policy, key))
         if not hits:
             await self.app(scope, receive, send)
             return
         cost = self.cost(scope) if self.cost is not None else 1
-        try:
-            headers = await enforce(self.limiter, hits, cost=cost, path=path)
-        except (QuotaExceeded, StoreUnavailable) as refusal:
-            await send_problem(scope, send, refusal, debug=self.debug)
+        decision = await self.limiter.check(hits, cost=cost)
+        if not decision.allowed:
+            await send_problem(scope, send, _refusal(decision, hits, path), debug=self.debug)
             return
-        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        extra = _header_list(decision)
         if not extra:
             await self.app(scope, receive, send)
             return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                # One new list and one new message; the app's own stay untouched.
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
