@@ -23,6 +23,12 @@ them to HTTP in exactly one place and clients get a stable machine-readable
         └── DependencyUnavailable (503 dependency.unavailable)
             └── StoreUnavailable (503 store.unavailable)
 
+Components subclass these with codes of their own, keeping the status, e.g.
+``idempotency.key_missing`` (400), ``idempotency.key_reused`` (422),
+``idempotency.lease_lost`` (409), ``ledger.insufficient_credits`` (409),
+``ledger.key_reused`` (422), ``ratelimit.quota-exceeded`` (429); each
+component's package docstring lists its own.
+
 ``context`` is for logs only (it is redacted there) and never rendered:
 internals must not leak through an error body. ``detail`` is rendered, so it
 must be written for the client. Unknown exceptions render as a bare 500 with

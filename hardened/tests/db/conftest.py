@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from hardened.testing import temporary_database
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -20,14 +19,8 @@ if TYPE_CHECKING:
 @pytest.fixture
 def pg_url(database_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database (async SQLAlchemy URL), dropped after the test."""
-    parts = urlsplit(database_url)
-    name = f"hardened_{uuid.uuid4().hex[:12]}"
-    admin = urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield urlunsplit(parts._replace(scheme="postgresql+psycopg", path=f"/{name}"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_database(database_url, prefix="hardened") as url:
+        yield url
 
 
 @pytest.fixture

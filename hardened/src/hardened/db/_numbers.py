@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from hardened.db._constraints import _violates
-from hardened.db.transaction import has_immediate_transactions
+from hardened.db.transaction import require_immediate_transactions
 from hardened.errors import Conflict
 from hardened.observability._metrics import counter
 
@@ -83,13 +83,11 @@ async def insert_with_unique_number(
     if attempts < 1:
         msg = "attempts must be >= 1"
         raise ValueError(msg)
-    bind = session.get_bind()
-    if bind.dialect.name == "sqlite" and not has_immediate_transactions(bind):
-        msg = (
-            "insert_with_unique_number() on SQLite needs sqlite_immediate_transactions(engine): "
-            "legacy pysqlite savepoints escape the enclosing transaction"
-        )
-        raise RuntimeError(msg)
+    require_immediate_transactions(
+        session.get_bind(),
+        "insert_with_unique_number()",
+        why="legacy pysqlite savepoints escape the enclosing transaction",
+    )
     for attempt in range(1, attempts + 1):
         obj = build(generate())
         try:

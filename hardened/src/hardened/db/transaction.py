@@ -64,6 +64,7 @@ __all__ = [
     "advisory_key",
     "advisory_lock",
     "has_immediate_transactions",
+    "require_immediate_transactions",
     "run_transaction",
     "sqlite_immediate_transactions",
     "transient_reason",
@@ -250,12 +251,7 @@ async def advisory_lock(
                 context={"namespace": namespace},
             )
     elif dialect == "sqlite":
-        if not has_immediate_transactions(conn.sync_engine):
-            msg = (
-                "advisory_lock() on SQLite needs sqlite_immediate_transactions(engine): "
-                "without BEGIN IMMEDIATE a transaction does not hold the write lock"
-            )
-            raise RuntimeError(msg)
+        require_immediate_transactions(conn.sync_engine, "advisory_lock()")
     else:
         msg = f"advisory_lock() is not implemented for {dialect}"
         raise NotImplementedError(msg)
@@ -308,3 +304,19 @@ def has_immediate_transactions(engine: AsyncEngine | Engine | Connection) -> boo
     return (
         _sqlite_begin in engine.dispatch.begin and _sqlite_connect in engine.pool.dispatch.connect
     )
+
+
+def require_immediate_transactions(
+    bind: AsyncEngine | Engine | Connection,
+    what: str,
+    *,
+    why: str = "without BEGIN IMMEDIATE a transaction does not hold the write lock",
+) -> None:
+    """Refuse (`RuntimeError`) a SQLite ``bind`` without `sqlite_immediate_transactions`.
+
+    The one check behind every feature that relies on SQLite's write lock;
+    ``what`` names the feature and ``why`` the failure it would otherwise hit.
+    """
+    if bind.dialect.name == "sqlite" and not has_immediate_transactions(bind):
+        msg = f"{what} on SQLite needs sqlite_immediate_transactions(engine): {why}"
+        raise RuntimeError(msg)
