@@ -1,0 +1,141 @@
+"""Exactly-once execution by idempotency key: leases, fencing, recovery points, replays.
+
+One backend contract (``claim``, ``heartbeat``, ``checkpoint``, ``complete``,
+``release``) with the same semantics on every backend: `StoreBackend` over
+`MemoryStore` or `RedisStore` (one round trip per claim and per replay).
+`Idempotent` (``operation()`` and the ``@idempotent`` decorator) runs
+internal operations once per key with leases, heartbeats, fencing and
+recovery points. `IdempotencyMiddleware` (pure ASGI) and the
+`idempotency_key` FastAPI dependency are the HTTP front, per the IETF
+Idempotency-Key draft. Keys are scoped and hashed before they reach a store
+or a log line.
+
+`SqlBackend` (PostgreSQL, SQLite) adds the transactional mode (the record
+commits with the business effect: ``complete_in``) and `run_phases`
+(recovery points around external calls). They are imported on first access,
+so this package works without the ``postgres``/``sqlite`` extras.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from hardened.idempotency._contracts import (
+    Claim,
+    Claimed,
+    Completed,
+    IdempotencyBackend,
+    InFlight,
+    Mismatch,
+)
+from hardened.idempotency._errors import (
+    IdempotencyInFlight,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    LeaseLost,
+    retry_after_header,
+)
+from hardened.idempotency._guard import (
+    IdempotencyConfig,
+    Idempotent,
+    Operation,
+    current_operation,
+    idempotent,
+)
+from hardened.idempotency._http import (
+    DEFAULT_REPLAY_HEADERS,
+    HttpIdempotencyConfig,
+    IdempotencyKey,
+    IdempotencyMiddleware,
+    IdempotencyUnguarded,
+    IdempotentRoute,
+    ScopeOf,
+    decode_response,
+    encode_response,
+    idempotency_key,
+    scope_from_credentials,
+)
+from hardened.idempotency._keys import (
+    MAX_KEY_LENGTH,
+    fingerprint,
+    key_hash_for_logs,
+    scoped_key,
+    validate_key,
+)
+from hardened.idempotency._store import StoreBackend
+
+if TYPE_CHECKING:
+    from hardened.idempotency._phases import (
+        ExternalPhase,
+        LocalPhase,
+        Phase,
+        PhaseState,
+        run_phases,
+    )
+    from hardened.idempotency._sql import SqlBackend, idempotency_table
+
+__all__ = [
+    "DEFAULT_REPLAY_HEADERS",
+    "MAX_KEY_LENGTH",
+    "Claim",
+    "Claimed",
+    "Completed",
+    "ExternalPhase",
+    "HttpIdempotencyConfig",
+    "IdempotencyBackend",
+    "IdempotencyConfig",
+    "IdempotencyInFlight",
+    "IdempotencyKey",
+    "IdempotencyKeyInvalid",
+    "IdempotencyKeyMissing",
+    "IdempotencyKeyReused",
+    "IdempotencyMiddleware",
+    "IdempotencyUnguarded",
+    "Idempotent",
+    "IdempotentRoute",
+    "InFlight",
+    "LeaseLost",
+    "LocalPhase",
+    "Mismatch",
+    "Operation",
+    "Phase",
+    "PhaseState",
+    "ScopeOf",
+    "SqlBackend",
+    "StoreBackend",
+    "current_operation",
+    "decode_response",
+    "encode_response",
+    "fingerprint",
+    "idempotency_key",
+    "idempotency_table",
+    "idempotent",
+    "key_hash_for_logs",
+    "retry_after_header",
+    "run_phases",
+    "scope_from_credentials",
+    "scoped_key",
+    "validate_key",
+]
+
+_LAZY = {
+    "SqlBackend": "_sql",
+    "idempotency_table": "_sql",
+    "ExternalPhase": "_phases",
+    "LocalPhase": "_phases",
+    "Phase": "_phases",
+    "PhaseState": "_phases",
+    "run_phases": "_phases",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        found = importlib.import_module(f"{__name__}.{module}")
+    except ImportError as exc:
+        msg = f"{name} needs SQLAlchemy: pip install 'hardened[postgres]' (or [sqlite])"
+        raise ImportError(msg) from exc
+    return getattr(found, name)

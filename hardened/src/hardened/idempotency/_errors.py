@@ -1,0 +1,83 @@
+"""The package's refusals, each a `hardened.errors` subclass with a stable code.
+
+Why subclasses: clients branch on ``code`` (problem+json), and one handler
+maps every one of them to HTTP, for the middleware and internal operations
+alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from hardened.errors import (
+    BadRequest,
+    Conflict,
+    IdempotencyConflict,
+    MissingHeader,
+    ValidationFailed,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "IdempotencyInFlight",
+    "IdempotencyKeyInvalid",
+    "IdempotencyKeyMissing",
+    "IdempotencyKeyReused",
+    "LeaseLost",
+    "retry_after_header",
+]
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` in whole seconds, rounded up, at least 1 (never "retry now")."""
+    if not math.isfinite(seconds):
+        return "1"
+    return str(max(1, math.ceil(seconds)))
+
+
+class IdempotencyKeyMissing(MissingHeader):
+    """The route requires an ``Idempotency-Key`` and the request has none (400)."""
+
+    code = "idempotency.key_missing"
+    title = "Idempotency-Key header required"
+
+
+class IdempotencyKeyInvalid(BadRequest):
+    """The key is empty, longer than 255 characters or not printable ASCII (400)."""
+
+    code = "idempotency.key_invalid"
+    title = "Idempotency-Key is invalid"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    """The key was first used with another payload (422, per the IETF draft)."""
+
+    code = "idempotency.key_reused"
+    title = "Idempotency-Key reused with a different payload"
+
+
+class IdempotencyInFlight(IdempotencyConflict):
+    """A request with this key is still running (409 with ``Retry-After``)."""
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float,
+        code: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        merged = {**(headers or {}), "retry-after": retry_after_header(retry_after)}
+        super().__init__(detail, code=code, context=context, headers=merged)
+        self.retry_after = int(merged["retry-after"])
+
+
+class LeaseLost(Conflict):
+    """This holder's lease was taken over: it must not publish anything (409)."""
+
+    code = "idempotency.lease_lost"
+    title = "The idempotency lease was lost"

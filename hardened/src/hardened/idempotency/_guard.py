@@ -1,0 +1,418 @@
+"""Exactly-once internal operations: ``Idempotent.operation()`` and ``@idempotent``.
+
+Job handlers and provider calls are retried by queues, by users and by crash
+recovery; each must run once per key. `Idempotent` gives them the HTTP
+layer's semantics over any `IdempotencyBackend`::
+
+    idem = Idempotent(StoreBackend(store), IdempotencyConfig(lease=30.0))
+
+    async with idem.operation(f"activate:{order_id}", fingerprint) as op:
+        if op.replayed:
+            return decode(op.result)
+        if op.phase is None:
+            await provider.activate(...)
+            await op.checkpoint("activated", data)
+        ...
+        await op.complete(encode(result))
+
+* A claimed operation holds a lease renewed by a background heartbeat (every
+  ``heartbeat`` seconds, default a third of the lease), so a body slower than
+  the lease is not duplicated. A crashed holder's lease lapses and the next
+  claim takes over, resuming from the last checkpoint (``op.phase``,
+  ``op.data``).
+* Writes are fenced: once another holder took over, ``checkpoint`` and
+  ``complete`` raise `LeaseLost` (a heartbeat that finds the lease gone marks
+  the operation, so they raise without asking the store).
+* Leaving the block by an exception, or without ``complete()``, releases the
+  claim (fenced) so a retry runs again (from its checkpoint, if any); the
+  exception propagates. Internal operations have no "failed result" to store
+  (the HTTP layer's ``store_server_errors`` has no counterpart here).
+* Another payload under the key → `IdempotencyKeyReused`; a live holder →
+  wait up to ``wait`` seconds (polling with backoff) for its result, then
+  `IdempotencyInFlight` with ``Retry-After``.
+
+Keys are hashed with their scope (`scoped_key`) before they reach the store,
+and logged only as `key_hash_for_logs`. Metrics:
+``hardened_idempotency_claims_total{outcome}`` (claimed, resumed, replayed,
+in_flight, mismatch) and ``hardened_idempotency_lease_lost_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+import structlog
+
+from hardened.errors import StoreUnavailable
+from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
+from hardened.idempotency._errors import IdempotencyInFlight, IdempotencyKeyReused, LeaseLost
+from hardened.idempotency._keys import key_hash_for_logs, scoped_key
+from hardened.observability._metrics import counter
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+    from hardened.idempotency._contracts import Claim, IdempotencyBackend
+
+__all__ = [
+    "IdempotencyConfig",
+    "Idempotent",
+    "Operation",
+    "current_operation",
+    "idempotent",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_CLAIMS = counter("idempotency_claims_total", "Idempotency claims by outcome.", ["outcome"])
+_OUTCOMES = {
+    outcome: _CLAIMS.labels(outcome)  # labels() locks on every call: resolve once
+    for outcome in ("claimed", "resumed", "replayed", "in_flight", "mismatch")
+}
+_LEASE_LOST = counter(
+    "idempotency_lease_lost_total", "Holders that found their lease taken over by another."
+)
+_FIRST_POLL = 0.02
+_MAX_POLL = 0.5
+_CURRENT: contextvars.ContextVar[Operation | None] = contextvars.ContextVar(
+    "hardened_idempotency_operation", default=None
+)
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def _log() -> Any:
+    return structlog.get_logger("hardened.idempotency")  # per event: later configuration applies
+
+
+def _positive(name: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyConfig:
+    """Lease, retention and waiting, in seconds.
+
+    ``heartbeat`` defaults to a third of the lease; keep it well under the
+    lease (a beat at or past the lease lets it lapse between beats).
+    ``wait`` is how long a caller waits for a live holder's result before
+    `IdempotencyInFlight` (0: refuse at once). Internal operations always
+    release on exceptions.
+    """
+
+    lease: float = 30.0
+    retention: float = 86400.0
+    heartbeat: float | None = None
+    wait: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("lease", self.lease)
+        _positive("retention", self.retention)
+        if self.heartbeat is not None:
+            _positive("heartbeat", self.heartbeat)
+        if not (self.wait >= 0 and math.isfinite(self.wait)):
+            raise ValueError(f"wait must be >= 0 seconds, got {self.wait!r}")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between lease renewals."""
+        return self.lease / 3 if self.heartbeat is None else self.heartbeat
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    _BACKGROUND.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        _log().warning("idempotency.release_failed", error=repr(task.exception()))
+
+
+class Operation:
+    """One claimed (or replayed) run of an operation; use as ``async with``."""
+
+    __slots__ = (
+        "_entered",
+        "_finished",
+        "_heartbeat",
+        "_idem",
+        "_key_hash",
+        "_lost",
+        "_reset",
+        "_stop",
+        "_store_key",
+        "data",
+        "fingerprint",
+        "phase",
+        "replayed",
+        "result",
+        "token",
+    )
+
+    def __init__(self, idem: Idempotent, key: str, fingerprint: bytes) -> None:
+        self._idem = idem
+        self._store_key = idem.store_key(key)
+        self._key_hash = key_hash_for_logs(key)
+        self.fingerprint = fingerprint
+        self.replayed = False
+        self.result: bytes | None = None
+        self.phase: str | None = None
+        self.data: bytes | None = None
+        self.token: int | None = None
+        self._entered = self._finished = self._lost = False
+        self._stop = asyncio.Event()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._reset: contextvars.Token[Operation | None] | None = None
+
+    @property
+    def lease_lost(self) -> bool:
+        """Whether another holder took over: nothing this run does will be published."""
+        return self._lost
+
+    # -- entering: claim, wait, decide ------------------------------------------
+
+    async def _claim(self) -> Claim:
+        config, backend = self._idem.config, self._idem.backend
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.wait
+        delay = _FIRST_POLL
+        while True:
+            claim = await backend.claim(
+                self._store_key, self.fingerprint, lease=config.lease, retention=config.retention
+            )
+            left = deadline - loop.time()
+            if not isinstance(claim, InFlight) or left <= 0:
+                return claim
+            pause = min(delay, left, claim.retry_after) * (0.5 + random.random() / 2)  # noqa: S311
+            await asyncio.sleep(max(pause, 0.001))
+            delay = min(delay * 2, _MAX_POLL)
+
+    async def __aenter__(self) -> Operation:
+        if self._entered:
+            raise RuntimeError("an Operation can be entered only once")
+        self._entered = True
+        claim = await self._claim()
+        log = _log().bind(key_hash=self._key_hash)
+        if isinstance(claim, Mismatch):
+            _OUTCOMES["mismatch"].inc()
+            log.warning("idempotency.key_reused")
+            raise IdempotencyKeyReused(
+                "This idempotency key was already used with a different payload.",
+                context={"key_hash": self._key_hash},
+            )
+        if isinstance(claim, InFlight):
+            _OUTCOMES["in_flight"].inc()
+            log.info("idempotency.in_flight", retry_after=claim.retry_after)
+            raise IdempotencyInFlight(
+                "An operation with this idempotency key is in progress.",
+                retry_after=claim.retry_after,
+                context={"key_hash": self._key_hash},
+            )
+        if isinstance(claim, Completed):
+            _OUTCOMES["replayed"].inc()
+            log.debug("idempotency.replayed")
+            self.replayed, self.result = True, claim.result
+        else:
+            self._start(claim)
+            if claim.phase is None:
+                _OUTCOMES["claimed"].inc()
+            else:
+                _OUTCOMES["resumed"].inc()
+                log.info("idempotency.resumed", phase=claim.phase)
+        self._reset = _CURRENT.set(self)
+        return self
+
+    def _start(self, claim: Claimed) -> None:
+        self.token, self.phase, self.data = claim.token, claim.phase, claim.data
+        self._heartbeat = asyncio.create_task(
+            self._beat(claim.token), name=f"idempotency-heartbeat-{self._key_hash}"
+        )
+
+    # -- holding: heartbeat, checkpoint, complete ---------------------------------
+
+    async def _beat(self, token: int) -> None:
+        config, backend = self._idem.config, self._idem.backend
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), config.heartbeat_interval)
+            except TimeoutError:
+                pass
+            else:
+                return
+            try:
+                alive = await backend.heartbeat(self._store_key, token, lease=config.lease)
+            except StoreUnavailable:
+                # The lease may still stand; the next beat tries again, and the
+                # fenced writes decide in the end.
+                _log().warning("idempotency.heartbeat_failed", key_hash=self._key_hash)
+                continue
+            if not alive:
+                self._mark_lost("heartbeat")
+                return
+
+    async def _stop_heartbeat(self) -> None:
+        """Stop renewing, after any renewal in progress (never cancelled mid-call)."""
+        self._stop.set()
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None:
+            await asyncio.shield(task)
+
+    def _mark_lost(self, where: str) -> None:
+        if not self._lost:
+            self._lost = True
+            _LEASE_LOST.inc()
+            _log().warning("idempotency.lease_lost", key_hash=self._key_hash, where=where)
+
+    def _lease_lost(self) -> LeaseLost:
+        return LeaseLost(
+            "Another holder took over this idempotency key; this run must not publish.",
+            context={"key_hash": self._key_hash},
+        )
+
+    def _holding(self) -> int:
+        if self.token is None or self._finished:
+            state = "replayed" if self.replayed else "not held"
+            raise RuntimeError(f"this operation is {state}; it cannot be written")
+        if self._lost:
+            raise self._lease_lost()
+        return self.token
+
+    async def checkpoint(self, phase: str, data: bytes = b"") -> None:
+        """Record ``phase`` as done (recovery point): a retry resumes after it with ``data``."""
+        token = self._holding()
+        if not await self._idem.backend.checkpoint(self._store_key, token, phase, data):
+            self._mark_lost("checkpoint")
+            raise self._lease_lost()
+        self.phase, self.data = phase, data
+
+    async def complete(self, result: bytes) -> None:
+        """Store ``result`` for replays and end the lease; `LeaseLost` if taken over."""
+        token = self._holding()
+        await self._stop_heartbeat()
+        config = self._idem.config
+        stored = await self._idem.backend.complete(
+            self._store_key, token, result, retention=config.retention
+        )
+        if not stored:
+            self._mark_lost("complete")
+            raise self._lease_lost()
+        self._finished, self.result = True, result
+
+    # -- leaving: release unless completed -----------------------------------------
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._reset is not None:
+            _CURRENT.reset(self._reset)
+            self._reset = None
+        await self._stop_heartbeat()
+        if self.token is None or self._finished:
+            return
+        self._finished = True
+        # Its own task, shielded: a cancelled caller (timeouts, shutdown) still releases.
+        task = asyncio.ensure_future(self._idem.backend.release(self._store_key, self.token))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_retrieve)
+        reason = "not_completed" if exc_type is None else "exception"
+        _log().info("idempotency.released", key_hash=self._key_hash, reason=reason)
+        if exc_type is None:
+            await asyncio.shield(task)
+            return
+        try:
+            await asyncio.shield(task)
+        except Exception:  # noqa: BLE001 - logged by _retrieve; the caller's exception wins
+            return
+
+
+class Idempotent:
+    """Runs internal operations once per key on ``backend``; see the module docstring."""
+
+    __slots__ = ("_backend", "_config", "_scope")
+
+    def __init__(
+        self,
+        backend: IdempotencyBackend,
+        config: IdempotencyConfig | None = None,
+        *,
+        scope: str = "internal",
+    ) -> None:
+        self._backend = backend
+        self._config = config if config is not None else IdempotencyConfig()
+        self._scope = scope
+
+    @property
+    def backend(self) -> IdempotencyBackend:
+        return self._backend
+
+    @property
+    def config(self) -> IdempotencyConfig:
+        return self._config
+
+    def store_key(self, key: str) -> str:
+        """The hashed, scoped key the backend sees for ``key``."""
+        scope = self._scope
+        return scoped_key(tenant=None, principal=None, method="INTERNAL", route=scope, key=key)
+
+    def operation(self, key: str, fingerprint: bytes = b"") -> Operation:
+        """An ``async with`` block claiming ``key`` (``fingerprint``: the payload, b"" for none)."""
+        return Operation(self, key, fingerprint)
+
+
+def current_operation() -> Operation:
+    """The innermost operation of this task (lets an ``@idempotent`` function checkpoint)."""
+    op = _CURRENT.get()
+    if op is None:
+        raise LookupError("no idempotent operation is running in this context")
+    return op
+
+
+def _encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _decode_json(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def idempotent(
+    idem: Idempotent,
+    *,
+    key: Callable[..., str],
+    encode: Callable[[Any], bytes] = _encode_json,
+    decode: Callable[[bytes], Any] = _decode_json,
+    fingerprint: Callable[..., bytes] | None = None,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Run the decorated async function once per ``key(*args, **kwargs)``.
+
+    Later calls get the first call's return value back through
+    ``decode(encode(value))`` (JSON by default: a tuple comes back a list);
+    the first call gets its value as returned. ``fingerprint(*args,
+    **kwargs)`` binds the key to its arguments (a reuse with other arguments
+    raises `IdempotencyKeyReused`); without it any arguments replay. Inside
+    the function, `current_operation` gives the operation for checkpoints.
+    """
+
+    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def run_once(*args: P.args, **kwargs: P.kwargs) -> R:
+            payload = b"" if fingerprint is None else fingerprint(*args, **kwargs)
+            async with idem.operation(key(*args, **kwargs), payload) as op:
+                if op.replayed:
+                    return cast("R", decode(op.result or b""))
+                value = await fn(*args, **kwargs)
+                await op.complete(encode(value))
+                return value
+
+        return run_once
+
+    return decorate

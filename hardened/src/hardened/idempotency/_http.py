@@ -1,0 +1,939 @@
+"""HTTP front of idempotency: a pure-ASGI middleware and a FastAPI dependency.
+
+Follows draft-ietf-httpapi-idempotency-key-header. Per guarded request the
+middleware makes one backend call to claim (a replay needs nothing more) and one
+to store the result, and nothing is logged on those two paths.
+
+Which key
+    ``Idempotency-Key`` (an sf-string; clients that send the value bare are
+    accepted as well) or, for the seed's clients, ``X-Idempotency-Key``. Two
+    different values, or the same header twice, are ambiguous and get a 400.
+
+Scope
+    The stored record is keyed by tenant + principal + method + route template +
+    key, hashed (`scoped_key`). Middleware runs before routing and before
+    FastAPI dependencies, so it cannot see a tenant that an auth dependency
+    resolves. ``HttpIdempotencyConfig.scope_of`` supplies (tenant, principal)
+    from the raw request. The default `scope_from_credentials` uses
+    ``scope["state"]["tenant_id"]`` / ``["principal"]`` when an outer
+    middleware set them, and otherwise the ``Host`` header (without its port)
+    for the tenant and a hash of the ``Authorization`` and ``X-Api-Key`` values
+    for the principal.
+    That default is only correct while a client keeps one credential. A client
+    that refreshes a short-lived access token between two tries is a new
+    principal, and its retry runs again. A service with rotating tokens should
+    pass a ``scope_of`` that reads the token's subject.
+    Anonymous requests share one scope per host, so keys must be unguessable
+    (UUIDs, as the draft recommends).
+
+    The route template is the matching `IdempotentRoute`'s own path when it
+    names one (``{param}`` segments, or exact with ``$``); under a plain prefix
+    rule it is the request path. The fingerprint covers the concrete path, so a
+    key reused on ``/orders/2/cancel`` after ``/orders/1/cancel`` gets a 422.
+    It never replays the other order's result.
+
+Fingerprint
+    HMAC (`fingerprint`) over method, path, the query string with its pairs
+    sorted, and the raw body. A route with ``fingerprint_fields`` uses the
+    canonical JSON of just those fields instead, so key order, whitespace and
+    undeclared fields do not count. A body that is not a JSON object falls back
+    to the raw bytes.
+
+Outcomes
+    Key missing on a required route → 400 ``idempotency.key_missing``. Invalid
+    key → 400. Another fingerprint → 422 ``idempotency.key_reused``. Held by a
+    live lease → 409 with ``Retry-After``, unless the route sets ``wait``: then
+    it polls until the holder finishes (and returns that result), releases it
+    (and runs itself), or the wait ends (409). Done → the stored status,
+    safe-listed headers and body with ``Idempotent-Replayed: true``. Claimed →
+    the app runs. A heartbeat extends the lease if the app is still running
+    after ``heartbeat`` seconds. The response streams to the client while a
+    copy is buffered. The last body chunk is held back until the result is
+    stored, so a client that has the whole answer always gets a replay on
+    retry, never a 409.
+
+What is stored
+    Statuses below 500 are stored, except ``transient_statuses`` (408, 409, 425, 429), which
+    mean that nothing happened and a retry may succeed. Those, 5xx and exceptions release the
+    claim so a retry runs again. With ``store_server_errors`` (Stripe's "store once execution
+    began") 5xx is stored too, and an exception is stored as a 500 problem. A result larger than
+    ``max_stored_bytes`` is not stored: the claim is released and ``not_stored`` is counted and
+    logged. (Released, so a retry runs the operation again: size
+    ``max_stored_bytes`` for the routes' real answers. Storing a "done, body too large" marker
+    instead would be safer for non-idempotent handlers and is the likely next step.) A client
+    that disconnects mid-response does not change the outcome, because the result is stored for
+    its retry anyway. If the lease was lost (the holder stalled past it and someone took over),
+    the fenced ``complete`` refuses. That is logged and counted, and the client still gets its
+    own response.
+
+Fail closed
+    If the backend is unreachable the answer is a 503 ``store.unavailable``
+    and the app does not run. A money route never runs without its guard.
+
+Replayed headers
+    Only ``replay_headers`` (content-type, content-language, content-encoding,
+    content-location, location, etag, last-modified, cache-control, expires,
+    link, vary, content-disposition, preference-applied). ``Set-Cookie``,
+    ``Authorization``, ``WWW-Authenticate`` and the like are refused at
+    configuration time. Per-request headers such as ``X-Request-Id`` and
+    ``RateLimit`` belong to the retry and come from outer middleware.
+
+Metrics and logs
+    ``hardened_idempotency_requests_total{outcome}``: executed, replayed,
+    in_flight, mismatch, missing, invalid, released, not_stored, lease_lost,
+    unavailable. Logs carry `key_hash_for_logs` of the key, never the key
+    itself.
+
+The FastAPI dependency `idempotency_key` checks the key early (400) and
+exposes it to the handler, for example as the ledger's operation key. Claim and
+replay stay in the middleware, the only place that can capture and replay a
+whole response. ``idempotency_key(guarded=True)`` answers 500 if the
+middleware did not guard the request. That catches a money route that was
+left out of the rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hardened._types import Scope
+from hardened.errors import HardenedError, PayloadTooLarge, StoreUnavailable, problem_for
+from hardened.http._body import DEFAULT_MAX_BODY_BYTES
+from hardened.http._problem import send_problem
+from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
+from hardened.idempotency._errors import (
+    IdempotencyInFlight,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+)
+from hardened.idempotency._keys import fingerprint, key_hash_for_logs, scoped_key, validate_key
+from hardened.observability._metrics import counter
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Iterable, Sequence
+
+    from hardened._types import ASGIApp, Message, Receive, Send
+    from hardened.idempotency._contracts import Claim, IdempotencyBackend
+
+__all__ = [
+    "DEFAULT_REPLAY_HEADERS",
+    "HttpIdempotencyConfig",
+    "IdempotencyKey",
+    "IdempotencyMiddleware",
+    "IdempotencyUnguarded",
+    "IdempotentRoute",
+    "ScopeOf",
+    "decode_response",
+    "encode_response",
+    "idempotency_key",
+    "scope_from_credentials",
+]
+
+ScopeOf = Callable[[Scope], tuple[str | None, str | None]]
+"""(tenant, principal) of a raw request; None where there is none."""
+
+DEFAULT_REPLAY_HEADERS = frozenset(
+    {
+        "cache-control",
+        "content-disposition",
+        "content-encoding",
+        "content-language",
+        "content-location",
+        "content-type",
+        "etag",
+        "expires",
+        "last-modified",
+        "link",
+        "location",
+        "preference-applied",
+        "vary",
+    }
+)
+
+# Credentials, per-connection framing and per-request values: never replayed to anyone.
+_NEVER_REPLAYED = frozenset(
+    {
+        "authorization",
+        "connection",
+        "content-length",
+        "idempotent-replayed",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "set-cookie",
+        "set-cookie2",
+        "transfer-encoding",
+        "www-authenticate",
+    }
+)
+
+_STATE_KEY = "idempotency"
+_REPLAYED_HEADER = (b"idempotent-replayed", b"true")
+_MAX_POLL = 0.5
+_FIRST_POLL = 0.02
+
+_log = structlog.get_logger("hardened.idempotency")
+_requests = counter(
+    "idempotency_requests_total",
+    "Idempotency-guarded HTTP requests by outcome.",
+    ["outcome"],
+)
+_OUTCOMES = (
+    "executed",
+    "replayed",
+    "in_flight",
+    "mismatch",
+    "missing",
+    "invalid",
+    "released",
+    "not_stored",
+    "lease_lost",
+    "unavailable",
+)
+_count = {outcome: _requests.labels(outcome).inc for outcome in _OUTCOMES}
+
+
+class IdempotencyUnguarded(HardenedError):
+    """A route declared ``idempotency_key(guarded=True)`` but no middleware rule covered it."""
+
+    code = "idempotency.unguarded"
+    title = "Idempotency guard missing"
+
+
+# -- scope ---------------------------------------------------------------------------------
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _hostname(host: str) -> str:
+    # The port says which worker or listener answered, not which tenant is asking.
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() and ":" not in name else host
+
+
+def scope_from_credentials(scope: Scope) -> tuple[str | None, str | None]:
+    """The default ``scope_of``: state set by outer middleware, else Host and a credential hash.
+
+    The credential hash covers ``Authorization`` and ``X-Api-Key`` together, so it
+    stays the same for as long as the client keeps the same credential (see the
+    module docstring about rotating tokens).
+    """
+    state = scope.get("state") or {}
+    tenant = state.get("tenant_id")
+    principal = state.get("principal")
+    if tenant is None:
+        host = _header(scope, b"host")
+        tenant = _hostname(host.decode("latin-1")) if host else None
+    if principal is None:
+        auth = _header(scope, b"authorization")
+        api_key = _header(scope, b"x-api-key")
+        if auth is not None or api_key is not None:
+            digest = hashlib.sha256()
+            for part in (auth, api_key):
+                raw = part or b""
+                digest.update(len(raw).to_bytes(4, "big") + raw)
+            principal = digest.hexdigest()
+    return (
+        None if tenant is None else str(tenant),
+        None if principal is None else str(principal),
+    )
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def _template_pattern(path: str) -> tuple[re.Pattern[str], bool]:
+    exact = path.endswith("$")
+    body = path[:-1] if exact else path.rstrip("/")
+    parts = []
+    for segment in body.split("/"):
+        if segment.startswith("{") and segment.endswith("}") and len(segment) > 2:
+            parts.append("[^/]+")
+        else:
+            parts.append(re.escape(segment))
+    regex = "/".join(parts)
+    if exact:
+        return re.compile(regex + r"\Z"), True
+    return re.compile(regex + r"(?:/.*)?\Z", re.DOTALL), "{" in body
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRoute:
+    """Requests whose method and path match are guarded.
+
+    ``path`` matches like `hardened.ratelimit.Rule`: a prefix on whole segments
+    (``/orders`` matches ``/orders`` and ``/orders/7``, not ``/ordersx``), exact
+    with a trailing ``$``. A ``{name}`` segment matches any one segment, and then
+    the path is the route template used for scoping. ``required`` refuses
+    requests without a key (400); otherwise they pass unguarded. ``wait`` (in
+    seconds) lets a duplicate wait for the first request's result instead of
+    getting a 409 at once. ``fingerprint_fields`` (dotted paths into a JSON
+    object body) replaces the raw body in the fingerprint.
+    """
+
+    path: str
+    methods: frozenset[str] = frozenset({"POST", "PATCH"})
+    required: bool = True
+    wait: float = 0.0
+    fingerprint_fields: tuple[str, ...] | None = None
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _template: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            msg = f"route path must start with '/': {self.path!r}"
+            raise ValueError(msg)
+        if self.wait < 0:
+            msg = f"wait must be >= 0, got {self.wait}"
+            raise ValueError(msg)
+        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        if self.fingerprint_fields is not None:
+            object.__setattr__(self, "fingerprint_fields", tuple(self.fingerprint_fields))
+        pattern, named = _template_pattern(self.path)
+        object.__setattr__(self, "_pattern", pattern)
+        object.__setattr__(self, "_template", self.path.removesuffix("$") if named else None)
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether this route guards ``method`` ``path``."""
+        return method.upper() in self.methods and self._pattern.match(path) is not None
+
+    def template(self, path: str) -> str:
+        """The route template that scopes keys for ``path`` (see the module docstring)."""
+        return self._template if self._template is not None else path
+
+
+def _check_replay_headers(names: Iterable[str]) -> frozenset[str]:
+    lowered = frozenset(n.lower() for n in names)
+    forbidden = sorted(lowered & _NEVER_REPLAYED)
+    if forbidden:
+        msg = f"these headers must never be replayed: {', '.join(forbidden)}"
+        raise ValueError(msg)
+    return lowered
+
+
+@dataclass(frozen=True, slots=True)
+class HttpIdempotencyConfig:
+    """How long claims and results live, what is stored, replayed and scoped.
+
+    ``heartbeat`` defaults to a third of the lease, so two heartbeats can fail
+    before a slow request loses its claim.
+    """
+
+    lease: float = 30.0
+    heartbeat: float | None = None
+    retention: float = 86_400.0
+    store_server_errors: bool = False
+    transient_statuses: frozenset[int] = frozenset({408, 409, 425, 429})
+    key_headers: tuple[str, ...] = ("idempotency-key", "x-idempotency-key")
+    replay_headers: frozenset[str] = DEFAULT_REPLAY_HEADERS
+    max_stored_bytes: int = 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
+    scope_of: ScopeOf = scope_from_credentials
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if not all(v > 0 and math.isfinite(v) for v in (self.lease, self.retention)):
+            # inf or nan would pass a "> 0" check and then fail in every request's TTL.
+            msg = "lease and retention must be positive finite seconds"
+            raise ValueError(msg)
+        if self.heartbeat is None:
+            object.__setattr__(self, "heartbeat", self.lease / 3)
+        elif not 0 < self.heartbeat < self.lease:
+            msg = f"heartbeat must be in (0, lease), got {self.heartbeat}"
+            raise ValueError(msg)
+        if not self.key_headers:
+            msg = "key_headers must name at least one header"
+            raise ValueError(msg)
+        object.__setattr__(self, "key_headers", tuple(h.lower() for h in self.key_headers))
+        object.__setattr__(self, "replay_headers", _check_replay_headers(self.replay_headers))
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """``heartbeat`` after defaulting (always set)."""
+        return self.heartbeat if self.heartbeat is not None else self.lease / 3
+
+
+# -- the stored response -------------------------------------------------------------------
+
+_MAGIC = b"\x01"
+_HEAD = struct.Struct(">HH")  # status, header count
+_PAIR = struct.Struct(">HH")  # name length, value length
+_MAX_FIELD = 0xFFFF
+
+
+def encode_response(status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A response as compact bytes: version, status, length-prefixed headers, then the body."""
+    kept = [(n, v) for n, v in headers if len(n) <= _MAX_FIELD and len(v) <= _MAX_FIELD]
+    out = [_MAGIC, _HEAD.pack(status, len(kept))]
+    for name, value in kept:
+        out.append(_PAIR.pack(len(name), len(value)))
+        out.append(name)
+        out.append(value)
+    out.append(body)
+    return b"".join(out)
+
+
+def decode_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Inverse of `encode_response`; ValueError on anything else."""
+    view = memoryview(data)
+    if view[:1] != _MAGIC or len(view) < 1 + _HEAD.size:
+        msg = "not an encoded response"
+        raise ValueError(msg)
+    status, count = _HEAD.unpack_from(view, 1)
+    pos = 1 + _HEAD.size
+    headers = []
+    for _ in range(count):
+        if pos + _PAIR.size > len(view):
+            msg = "truncated encoded response"
+            raise ValueError(msg)
+        name_len, value_len = _PAIR.unpack_from(view, pos)
+        pos += _PAIR.size
+        end = pos + name_len + value_len
+        if end > len(view):
+            msg = "truncated encoded response"
+            raise ValueError(msg)
+        headers.append((bytes(view[pos : pos + name_len]), bytes(view[pos + name_len : end])))
+        pos = end
+    return status, headers, bytes(view[pos:])
+
+
+# -- request parsing -----------------------------------------------------------------------
+
+
+def _unquote_sf_string(value: str) -> str:
+    # The draft defines the field as an sf-string ("..."); bare values are accepted too.
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        inner = value[1:-1]
+        if re.search(r'(?<!\\)"|\\(?!["\\])', inner.replace("\\\\", "")):
+            raise IdempotencyKeyInvalid("The Idempotency-Key is not a valid string.")
+        return re.sub(r"\\(.)", r"\1", inner)
+    return value
+
+
+def _raw_key(scope: Scope, names: tuple[bytes, ...]) -> str | None:
+    found = [(key, bytes(value)) for key, value in scope.get("headers", ()) if key in names]
+    if not found:
+        return None
+    if len(found) > 1:
+        if len({key for key, _ in found}) < len(found):
+            raise IdempotencyKeyInvalid("The idempotency key header is repeated.")
+        if len({_unquote_sf_string(v.decode("latin-1").strip()) for _, v in found}) > 1:
+            raise IdempotencyKeyInvalid("The request carries two different idempotency keys.")
+    return _unquote_sf_string(found[0][1].decode("latin-1").strip())
+
+
+def _sorted_query(raw: bytes) -> bytes:
+    if not raw:
+        return b""
+    return b"&".join(sorted(p for p in raw.split(b"&") if p))
+
+
+_ABSENT = object()
+
+
+def _select(document: Any, dotted: str) -> Any:
+    node = document
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _payload(body: bytes, fields: tuple[str, ...] | None) -> tuple[bytes, bytes]:
+    if fields is None:
+        return b"body", body
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return b"body", body
+    if not isinstance(document, dict):
+        return b"body", body
+    chosen = {}
+    for name in fields:
+        value = _select(document, name)
+        if value is not _ABSENT:
+            chosen[name] = value
+    canonical = json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return b"fields", canonical.encode()
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        if message["type"] != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# -- the middleware ------------------------------------------------------------------------
+
+
+class _Heartbeat:
+    """Extends the lease while the app runs; no task at all for requests shorter than one beat."""
+
+    __slots__ = (
+        "_backend",
+        "_handle",
+        "_interval",
+        "_key",
+        "_lease",
+        "_raw_key",
+        "_task",
+        "_token",
+        "lost",
+    )
+
+    def __init__(
+        self, backend: IdempotencyBackend, g: _Guarded, lease: float, interval: float
+    ) -> None:
+        self._backend, self._key, self._token, self._raw_key = backend, g.scoped, g.token, g.raw_key
+        self._lease, self._interval = lease, interval
+        self._task: asyncio.Task[None] | None = None
+        self.lost = False
+        self._handle = asyncio.get_running_loop().call_later(interval, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                alive = await self._backend.heartbeat(self._key, self._token, lease=self._lease)
+            except StoreUnavailable:
+                # Keep trying: the lease is still ours until it expires.
+                _log.warning(
+                    "idempotency.heartbeat_failed", key_hash=key_hash_for_logs(self._raw_key)
+                )
+                alive = True
+            if not alive:
+                self.lost = True
+                _log.warning(
+                    "idempotency.lease_lost",
+                    key_hash=key_hash_for_logs(self._raw_key),
+                    during="heartbeat",
+                )
+                return
+            await asyncio.sleep(self._interval)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+@dataclass(slots=True)
+class _Guarded:
+    """What the executing request captured so far."""
+
+    raw_key: str
+    scoped: str
+    token: int
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    storable: bool = True
+    settled: bool = False
+    client_gone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    key: str
+    scoped: str
+    body: bytes
+    claim: Claim
+
+
+class _Refusal(Exception):
+    def __init__(self, problem: HardenedError) -> None:
+        super().__init__(problem.code)
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """The validated key of a request, and whether the middleware holds its claim.
+
+    When guarded, ``record`` and ``token`` name the claim, so a handler on a
+    `SqlBackend` can write a recovery point in its own transaction
+    (``checkpoint_in(session, record, token, phase, data)``); after a crash
+    the retry finds it in ``phase``/``data`` and finishes instead of redoing.
+    """
+
+    value: str
+    guarded: bool = False
+    record: str | None = None
+    token: int | None = None
+    phase: str | None = None
+    data: bytes | None = None
+
+
+class IdempotencyMiddleware:
+    """Pure-ASGI Idempotency-Key guard (see the module docstring); other traffic passes through.
+
+    The first rule matching a request decides; ``rules`` None guards every
+    POST and PATCH, honouring a key when one is sent and requiring none.
+    ``secret`` keys the fingerprint HMAC; keep it stable across workers and
+    deploys, or in-flight keys will mismatch.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        backend: IdempotencyBackend,
+        secret: bytes,
+        rules: Sequence[IdempotentRoute] | None = None,
+        config: HttpIdempotencyConfig | None = None,
+    ) -> None:
+        self.app = app
+        self.backend = backend
+        self.secret = secret
+        self.rules = tuple(rules) if rules is not None else (IdempotentRoute("/", required=False),)
+        self.config = config if config is not None else HttpIdempotencyConfig()
+        self._names = tuple(h.encode("latin-1") for h in self.config.key_headers)
+        self._replay_names = frozenset(h.encode("latin-1") for h in self.config.replay_headers)
+        self._methods = frozenset(m for rule in self.rules for m in rule.methods)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in self._methods:
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope.get("path", "")
+        route = next((r for r in self.rules if r.matches(method, path)), None)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            admitted = await self._admit(scope, receive, route)
+        except _Refusal as refusal:
+            await send_problem(scope, send, refusal.problem, debug=self.config.debug)
+            return
+        except _Disconnected:
+            return  # nothing was claimed; the client is gone
+        if admitted is None:
+            await self.app(scope, receive, send)
+            return
+        await self._dispatch(scope, _replaying(admitted.body, receive), send, route, admitted)
+
+    async def _admit(
+        self, scope: Scope, receive: Receive, route: IdempotentRoute
+    ) -> _Admitted | None:
+        """Key, body, fingerprint and claim; None when an optional key is absent."""
+        try:
+            raw = _raw_key(scope, self._names)
+            key = None if raw is None else validate_key(raw)
+        except IdempotencyKeyInvalid as invalid:
+            _count["invalid"]()
+            raise _Refusal(invalid) from None
+        if key is None:
+            if not route.required:
+                return None
+            _count["missing"]()
+            raise _Refusal(
+                IdempotencyKeyMissing("This request requires an Idempotency-Key header.")
+            )
+        try:
+            body = await _read_body(receive, self.config.max_request_bytes)
+        except PayloadTooLarge as too_large:
+            raise _Refusal(too_large) from None
+        method, path = scope["method"], scope.get("path", "")
+        tenant, principal = self.config.scope_of(scope)
+        scoped = scoped_key(
+            tenant=tenant, principal=principal, method=method, route=route.template(path), key=key
+        )
+        mode, payload = _payload(body, route.fingerprint_fields)
+        query = _sorted_query(scope.get("query_string", b""))
+        digest = fingerprint(self.secret, method.encode(), path.encode(), query, mode, payload)
+        try:
+            claim = await self._claim(scoped, digest, route)
+        except StoreUnavailable as failure:
+            _count["unavailable"]()
+            _log.warning("idempotency.store_unavailable", key_hash=key_hash_for_logs(key))
+            raise _Refusal(
+                StoreUnavailable(
+                    "Idempotency records are temporarily unavailable; retry later.",
+                    retry_after=1,
+                    context=failure.context,
+                )
+            ) from None
+        return _Admitted(key, scoped, body, claim)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, route: IdempotentRoute, a: _Admitted
+    ) -> None:
+        claim = a.claim
+        if isinstance(claim, Completed):
+            await self._replay(scope, send, claim.result, a.key)
+            return
+        if isinstance(claim, Claimed):
+            scope.setdefault("state", {})[_STATE_KEY] = IdempotencyKey(
+                a.key,
+                guarded=True,
+                record=a.scoped,
+                token=claim.token,
+                phase=claim.phase,
+                data=claim.data,
+            )
+            await self._execute(scope, receive, send, _Guarded(a.key, a.scoped, claim.token))
+            return
+        refusal: HardenedError
+        if isinstance(claim, Mismatch):
+            _count["mismatch"]()
+            _log.info(
+                "idempotency.mismatch", key_hash=key_hash_for_logs(a.key), path=scope.get("path")
+            )
+            refusal = IdempotencyKeyReused(
+                "This Idempotency-Key was already used with a different request."
+            )
+        else:
+            _count["in_flight"]()
+            refusal = IdempotencyInFlight(
+                "A request with this Idempotency-Key is still being processed; retry later.",
+                retry_after=claim.retry_after,
+            )
+        await send_problem(scope, send, refusal, debug=self.config.debug)
+
+    async def _claim(self, scoped: str, digest: bytes, route: IdempotentRoute) -> Claim:
+        config = self.config
+        claim = await self.backend.claim(
+            scoped, digest, lease=config.lease, retention=config.retention
+        )
+        if not isinstance(claim, InFlight) or route.wait <= 0:
+            return claim
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + route.wait
+        delay = _FIRST_POLL
+        while isinstance(claim, InFlight):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(delay, remaining, max(claim.retry_after, _FIRST_POLL)))
+            delay = min(delay * 2, _MAX_POLL)
+            claim = await self.backend.claim(
+                scoped, digest, lease=config.lease, retention=config.retention
+            )
+        return claim
+
+    async def _replay(self, scope: Scope, send: Send, result: bytes, key: str) -> None:
+        try:
+            status, headers, body = decode_response(result)
+        except ValueError:
+            _log.error("idempotency.corrupt_record", key_hash=key_hash_for_logs(key))
+            await send_problem(scope, send, HardenedError(), debug=self.config.debug)
+            return
+        _count["replayed"]()
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append(_REPLAYED_HEADER)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _execute(self, scope: Scope, receive: Receive, send: Send, g: _Guarded) -> None:
+        config = self.config
+        beat = _Heartbeat(self.backend, g, config.lease, config.heartbeat_interval)
+        replay_names = self._replay_names
+        limit = config.max_stored_bytes
+
+        async def forward(message: Message) -> None:
+            if g.client_gone:
+                return
+            try:
+                await send(message)
+            except OSError:
+                # The client left; the result is still stored for its retry.
+                g.client_gone = True
+
+        async def capture(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                g.status = message["status"]
+                g.headers = [
+                    (bytes(n), bytes(v))
+                    for n, v in message.get("headers", ())
+                    if bytes(n).lower() in replay_names
+                ]
+            elif kind == "http.response.body" and not g.settled:
+                chunk = message.get("body", b"")
+                if g.storable and chunk:
+                    g.size += len(chunk)
+                    if g.size > limit:
+                        g.storable = False
+                        g.chunks.clear()
+                    else:
+                        g.chunks.append(chunk)
+                if not message.get("more_body", False):
+                    beat.stop()
+                    await self._settle(g, beat)
+            await forward(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        except BaseException:
+            beat.stop()
+            if not g.settled:
+                # Shielded: a cancelled request (server shutdown) still releases its claim.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._settle_failure(scope, g, beat))
+            raise
+        beat.stop()
+        if not g.settled:
+            # The app returned without finishing a response: nothing trustworthy to store.
+            await self._release(g, "incomplete")
+
+    async def _settle(self, g: _Guarded, beat: _Heartbeat) -> None:
+        g.settled = True
+        status = g.status
+        if status in self.config.transient_statuses or (
+            status >= 500 and not self.config.store_server_errors
+        ):
+            await self._release(g, "status")
+            return
+        if not g.storable:
+            _count["not_stored"]()
+            _log.warning(
+                "idempotency.not_stored",
+                key_hash=key_hash_for_logs(g.raw_key),
+                size=g.size,
+                limit=self.config.max_stored_bytes,
+            )
+            await self._release(g, "too_large", count=False)
+            return
+        body = g.chunks[0] if len(g.chunks) == 1 else b"".join(g.chunks)
+        await self._complete(g, encode_response(status, g.headers, body), beat)
+
+    async def _settle_failure(self, scope: Scope, g: _Guarded, beat: _Heartbeat) -> None:
+        g.settled = True
+        if not self.config.store_server_errors:
+            await self._release(g, "exception")
+            return
+        problem = problem_for(HardenedError(), instance=scope.get("path"))
+        body = problem.body()
+        headers = [(n, v) for n, v in problem.header_list() if n in self._replay_names]
+        await self._complete(g, encode_response(problem.status, headers, body), beat)
+
+    async def _complete(self, g: _Guarded, result: bytes, beat: _Heartbeat) -> None:
+        try:
+            stored = await self.backend.complete(
+                g.scoped, g.token, result, retention=self.config.retention
+            )
+        except StoreUnavailable:
+            # The effect happened; the record stays running until its lease ends.
+            _log.error("idempotency.complete_failed", key_hash=key_hash_for_logs(g.raw_key))
+            _count["unavailable"]()
+            return
+        if stored:
+            _count["executed"]()
+            return
+        _count["lease_lost"]()
+        _log.warning(
+            "idempotency.lease_lost",
+            key_hash=key_hash_for_logs(g.raw_key),
+            during="complete",
+            heartbeat_lost=beat.lost,
+        )
+
+    async def _release(self, g: _Guarded, reason: str, *, count: bool = True) -> None:
+        if count:
+            _count["released"]()
+        try:
+            released = await self.backend.release(g.scoped, g.token)
+        except StoreUnavailable:
+            _log.error("idempotency.release_failed", key_hash=key_hash_for_logs(g.raw_key))
+            return
+        _log.info(
+            "idempotency.released",
+            key_hash=key_hash_for_logs(g.raw_key),
+            reason=reason,
+            status=g.status or None,
+            lease_lost=not released,
+        )
+
+
+# -- FastAPI -------------------------------------------------------------------------------
+
+
+def idempotency_key(
+    *,
+    required: bool = True,
+    guarded: bool = False,
+    headers: Sequence[str] = ("idempotency-key", "x-idempotency-key"),
+) -> Callable[..., Awaitable[IdempotencyKey | None]]:
+    """A FastAPI dependency: the request's validated `IdempotencyKey` (None if optional and absent).
+
+    Missing on a required route → 400 ``idempotency.key_missing``; malformed →
+    400. It does not claim or replay; `IdempotencyMiddleware` does. With
+    ``guarded=True`` a request that the middleware did not guard is a 500
+    ``idempotency.unguarded``: the route would otherwise run without its
+    exactly-once protection.
+    """
+    from starlette.requests import Request  # noqa: PLC0415 - fastapi stays optional
+
+    names = tuple(h.lower().encode("latin-1") for h in headers)
+
+    async def dependency(request: Request) -> IdempotencyKey | None:
+        state = request.scope.get("state") or {}
+        found = state.get(_STATE_KEY)
+        if isinstance(found, IdempotencyKey):
+            return found
+        raw = _raw_key(request.scope, names)
+        if raw is None and required:
+            raise IdempotencyKeyMissing("This request requires an Idempotency-Key header.")
+        if guarded:
+            raise IdempotencyUnguarded(context={"path": request.url.path})
+        return None if raw is None else IdempotencyKey(validate_key(raw), guarded=False)
+
+    params = [
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
+    ]
+    dependency.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return dependency

@@ -1,0 +1,272 @@
+"""Recovery points: multi-phase operations that resume after a crash, on `SqlBackend`.
+
+Why: an operation such as SIM activation (reserve credits → call the
+provider → record the activation → capture the credits) cannot be one
+transaction, because the provider call is outside the database. Each phase
+that completes is recorded on the key's row (its *recovery point*); a retry
+after any crash takes the lapsed lease over and resumes after the last
+recorded phase::
+
+    async def reserve(session, state):            # LocalPhase: DB only
+        hold = await ledger.reserve(session, wallet, 100, key=f"{key}:reserve")
+        return {**state, "hold": hold.id}
+
+    async def activate(state):                    # ExternalPhase: the provider
+        reply = await provider.activate(state["iccid"], idempotency_key=f"{key}:activate")
+        return {**state, "msisdn": reply.msisdn}
+
+    result = await run_phases(backend, key, fp, [
+        LocalPhase("reserve", reserve), ExternalPhase("activate", activate),
+        LocalPhase("record", record), LocalPhase("capture", capture),
+    ], state={"iccid": iccid})
+
+What is exact and what is not, honestly: a `LocalPhase` commits its effect and
+its recovery point in one transaction (`SqlBackend.checkpoint_in`; the last
+phase stores the result with `SqlBackend.complete_in`), so it happens exactly
+once. An `ExternalPhase` is recorded right after it returns, in a small
+transaction of its own; if the process dies between the call and that record,
+the retry calls the provider again. External calls must therefore be
+idempotent at the provider: send an idempotency key derived from the record
+key and the phase name (as above), so the provider's answer to the repeat is
+the first answer.
+
+State is a JSON object passed from phase to phase and stored with each
+recovery point (keep it small: ids, not documents). ``key`` is the record key
+as the backend sees it: already scoped and hashed (`scoped_key`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import structlog
+
+from hardened.db.transaction import run_transaction
+from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
+from hardened.idempotency._errors import IdempotencyInFlight, IdempotencyKeyReused, LeaseLost
+from hardened.idempotency._keys import key_hash_for_logs
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from hardened.idempotency._sql import SqlBackend
+
+__all__ = ["ExternalPhase", "LocalPhase", "Phase", "PhaseState", "run_phases"]
+
+_RELEASES: set[asyncio.Task[bool]] = set()  # strong references until each release ends
+
+PhaseState: TypeAlias = dict[str, Any]
+"""What phases pass along: a JSON object, stored as each recovery point."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPhase:
+    """A database-only phase: its effect and its recovery point commit together."""
+
+    name: str
+    run: Callable[[AsyncSession, PhaseState], Awaitable[PhaseState]]
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalPhase:
+    """A call outside the database, recorded right after it returns.
+
+    Repeated if the process dies before the record: make it idempotent at the
+    provider, with a key derived from the record key and the phase name.
+    """
+
+    name: str
+    run: Callable[[PhaseState], Awaitable[PhaseState]]
+
+
+Phase: TypeAlias = LocalPhase | ExternalPhase
+
+
+def _log() -> Any:
+    return structlog.get_logger("hardened.idempotency")  # per event: later configuration applies
+
+
+def _dumps(state: object) -> bytes:
+    if not isinstance(state, dict):
+        msg = f"a phase must return a dict, not {type(state).__name__}"
+        raise TypeError(msg)
+    return json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _loads(blob: bytes) -> PhaseState:
+    state = json.loads(blob)
+    if not isinstance(state, dict):
+        msg = "stored phase state is not a JSON object"
+        raise TypeError(msg)
+    return state
+
+
+async def run_phases(
+    backend: SqlBackend,
+    key: str,
+    fingerprint: bytes,
+    phases: Sequence[Phase],
+    *,
+    state: PhaseState | None = None,
+    lease: float = 30.0,
+    retention: float = 86400.0,
+    sessions: Callable[[], AsyncSession] | None = None,
+) -> PhaseState:
+    """Run ``phases`` once per ``key``, resuming after the last recorded one.
+
+    Each phase gets the state the previous one returned (``state`` for the
+    first). A `LocalPhase` runs in a transaction from ``sessions`` (default:
+    the backend's engine) under `run_transaction`, so a serialization failure
+    runs it again from a clean slate. Returns the final state, which is also
+    what any later call with the key returns.
+
+    Raises `IdempotencyKeyReused` (the key was used with another fingerprint),
+    `IdempotencyInFlight` (another holder's lease is live) and `LeaseLost`
+    (this run was taken over: nothing more of it is recorded). The lease is
+    renewed every third of ``lease`` while phases run. An exception or a
+    cancellation releases the key, keeping the recovery point, so a retry
+    resumes at once; ``KeyboardInterrupt``/``SystemExit`` do not (the process
+    is going down: the lease lapses, as in a crash).
+    """
+    names = [phase.name for phase in phases]
+    if not names or len(set(names)) != len(names) or not all(names):
+        msg = "phases need unique, non-empty names"
+        raise ValueError(msg)
+    claim = await backend.claim(key, fingerprint, lease=lease, retention=retention)
+    key_hash = key_hash_for_logs(key)
+    if isinstance(claim, Completed):
+        return _loads(claim.result)
+    if isinstance(claim, Mismatch):
+        _log().warning("idempotency.key_reused", key_hash=key_hash)
+        raise IdempotencyKeyReused(
+            "This idempotency key was already used with a different payload.",
+            context={"key_hash": key_hash},
+        )
+    if isinstance(claim, InFlight):
+        raise IdempotencyInFlight(
+            "An operation with this idempotency key is in progress.",
+            retry_after=claim.retry_after,
+            context={"key_hash": key_hash},
+        )
+    if claim.phase is not None:
+        _log().info("idempotency.resumed", key_hash=key_hash, phase=claim.phase)
+    sessions = sessions or backend.sessions
+    run = _Run(backend, key, claim.token, lease=lease, retention=retention, sessions=sessions)
+    return await run.all(phases, claim, state)
+
+
+def _resume(claim: Claimed, names: list[str], state: PhaseState | None) -> tuple[int, PhaseState]:
+    """Where to start, and with what state: after the recovery point, if any."""
+    if claim.phase is None:
+        return 0, dict(state or {})
+    if claim.phase not in names:
+        msg = f"recovery point {claim.phase!r} is not one of these phases"
+        raise ValueError(msg)
+    return names.index(claim.phase) + 1, _loads(claim.data or b"{}")
+
+
+class _Run:
+    """One holder of the key: heartbeat, phases, fenced records, release."""
+
+    def __init__(
+        self,
+        backend: SqlBackend,
+        key: str,
+        token: int,
+        *,
+        lease: float,
+        retention: float,
+        sessions: Callable[[], AsyncSession],
+    ) -> None:
+        self.backend, self.key, self.token = backend, key, token
+        self.key_hash = key_hash_for_logs(key)
+        self.lease, self.retention, self.sessions = lease, retention, sessions
+        self.lost = False
+        self._stop = asyncio.Event()
+
+    async def all(
+        self, phases: Sequence[Phase], claim: Claimed, state: PhaseState | None
+    ) -> PhaseState:
+        beat = asyncio.create_task(self._beat())
+        try:
+            start, current = _resume(claim, [phase.name for phase in phases], state)
+            if start == len(phases):  # the last phase was recorded as a recovery point
+                await self._record(current, None)
+            for index in range(start, len(phases)):
+                current = await self._phase(phases[index], current, index == len(phases) - 1)
+            return current
+        except LeaseLost:
+            raise
+        except (Exception, asyncio.CancelledError):
+            await self._release()
+            raise
+        finally:
+            self._stop.set()
+            await asyncio.shield(beat)  # never cancelled mid-statement
+
+    async def _phase(self, phase: Phase, current: PhaseState, last: bool) -> PhaseState:
+        if self.lost:  # the heartbeat found the lease taken over: stop before the next effect
+            raise self._lease_lost()
+        if isinstance(phase, ExternalPhase):
+            after = await phase.run(current)
+            await self._record(after, None if last else phase.name)
+            return after
+
+        async def local(session: AsyncSession) -> PhaseState:
+            after = await phase.run(session, current)
+            blob = _dumps(after)
+            if last:
+                await self.backend.complete_in(
+                    session, self.key, self.token, blob, retention=self.retention
+                )
+            else:
+                await self.backend.checkpoint_in(session, self.key, self.token, phase.name, blob)
+            return after
+
+        return await run_transaction(self.sessions, local)
+
+    async def _record(self, after: PhaseState, name: str | None) -> None:
+        blob = _dumps(after)
+        if name is None:
+            done = await self.backend.complete(self.key, self.token, blob, retention=self.retention)
+        else:
+            done = await self.backend.checkpoint(self.key, self.token, name, blob)
+        if not done:
+            raise self._lease_lost()
+
+    def _lease_lost(self) -> LeaseLost:
+        _log().warning("idempotency.lease_lost", key_hash=self.key_hash)
+        return LeaseLost(
+            "Another holder took over this operation; this run must not publish.",
+            context={"key_hash": self.key_hash},
+        )
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.lease / 3)
+            except TimeoutError:
+                pass
+            else:
+                return
+            try:
+                if not await self.backend.heartbeat(self.key, self.token, lease=self.lease):
+                    self.lost = True
+                    return
+            except Exception:  # noqa: BLE001 - a missed beat is retried; fenced writes decide
+                _log().warning("idempotency.heartbeat_failed", key_hash=self.key_hash)
+
+    async def _release(self) -> None:
+        # Its own task, shielded: a cancelled caller still releases.
+        task = asyncio.ensure_future(self.backend.release(self.key, self.token))
+        _RELEASES.add(task)
+        task.add_done_callback(_RELEASES.discard)
+        try:
+            await asyncio.shield(task)
+        except Exception:  # noqa: BLE001 - the caller's exception wins; the lease lapses anyway
+            _log().warning("idempotency.release_failed", key_hash=self.key_hash)
