@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from hardened.testing import temporary_database
+from sf_storm import PrivateRedis
 from sf_support import ShopDatabase, client_for, make_settings
 from shopfront.app import create_app
 from shopfront.migrate import DEFAULT_APP_ROLE, upgrade_async
@@ -32,14 +33,8 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url(database_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
-    parts = urlsplit(database_url)
-    name = f"shopfront_{uuid.uuid4().hex[:12]}"
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_database(database_url, prefix="shopfront", scheme=None) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -130,3 +125,12 @@ async def shop_client_pg(pg_shop_db: ShopDatabase) -> AsyncIterator[httpx.AsyncC
     async with client_for(application) as c:
         yield c
     await application.state.shopfront.db.aclose()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A running private Redis, stopped at the end."""
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()

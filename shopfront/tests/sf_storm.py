@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,11 +25,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
+import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
-__all__ = ["Call", "Result", "Storm", "free_port", "storm", "workers"]
+__all__ = ["Call", "PrivateRedis", "Result", "Storm", "free_port", "storm", "workers"]
 
 
 def free_port() -> int:
@@ -165,3 +167,44 @@ async def storm(calls: Sequence[Call], *, connections: int, warm: Sequence[str])
         gate.set()
         results = list(await asyncio.gather(*tasks))
     return Storm(results, _max_overlap(results))
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, so stopping it disturbs nobody else."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+                pytest.fail("redis-server is not installed", pytrace=False)
+            pytest.skip("redis-server is not installed")
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if "PONG" in out.stdout:
+                return
+            time.sleep(0.05)
+        msg = "private redis did not start"
+        raise RuntimeError(msg)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None

@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from hardened.db.tenancy import tenant_session
+from hardened.db.transaction import run_transaction
 from shopfront.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["Shop", "ShopDatabase", "client_for", "make_settings", "new_shop", "order_body"]
+__all__ = [
+    "GENEROUS_LIMITS",
+    "Shop",
+    "ShopDatabase",
+    "client_for",
+    "fund",
+    "idem",
+    "make_settings",
+    "new_shop",
+    "order_body",
+]
+
+
+# Generous limits (as environment variables) so storms of other guarantees are not cut.
+GENEROUS_LIMITS = {
+    f"RATE_LIMIT_{name}": "1000000/60"
+    for name in (
+        "TENANT",
+        "LOGIN",
+        "PASSWORD_RESET",
+        "CATALOG",
+        "ORDERS",
+        "UPLOADS",
+        "SMS",
+        "SOCKET_MESSAGES",
+    )
+}
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -30,10 +59,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "cors_origins": ("https://admin.shop.test",),
         "auto_migrate": False,
         "log_json": True,
-        # Generous limits so storms of other guarantees are not cut; limit tests set their own.
-        "rate_limit_tenant": "1000000/60",
-        "rate_limit_login": "1000000/60",
-        "rate_limit_password_reset": "1000000/60",
+        # Limit tests set their own.
+        **{name.lower(): value for name, value in GENEROUS_LIMITS.items()},
     }
     values.update(overrides)
     return Settings.load(**values)
@@ -97,3 +124,20 @@ def order_body(shop: Shop, *, coupon: str | None = None, quantity: int = 1) -> d
     if coupon:
         body["coupon_code"] = coupon
     return body
+
+
+def idem(headers: dict[str, str] | None = None) -> dict[str, str]:
+    """``headers`` plus a fresh Idempotency-Key (money routes require one)."""
+    return {**(headers or {}), "idempotency-key": str(uuid.uuid4())}
+
+
+async def fund(app: FastAPI, shop: Shop, amount: int) -> None:
+    """Top the shop's wallet up out of band (the payment webhook's job, later)."""
+    state = app.state.shopfront
+    tenant = uuid.UUID(shop.tenant_id)
+
+    async def top_up(session: Any) -> None:
+        wallet = await state.ledger.open_account(session, shop.tenant_id)
+        await state.ledger.top_up(session, wallet, amount, f"test-funding:{uuid.uuid4()}")
+
+    await run_transaction(lambda: tenant_session(state.db.sessions, tenant), top_up)

@@ -1,71 +1,17 @@
 """Auth with the token store down: strict mode refuses with 503, non-strict falls back."""
 
 import asyncio
-import os
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 import structlog
 
-from sf_storm import free_port
+from sf_storm import PrivateRedis
 from sf_support import ShopDatabase, client_for, make_settings, new_shop
 from shopfront.app import create_app
 
 PASSWORD = "correct horse battery staple"
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, so stopping it disturbs nobody else."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-                pytest.fail("redis-server is not installed", pytrace=False)
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if "PONG" in out.stdout:
-                return
-            time.sleep(0.05)
-        msg = "private redis did not start"
-        raise RuntimeError(msg)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    """A running private Redis, stopped at the end."""
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def _eventually(call: object, status: int, seconds: float = 5.0) -> httpx.Response:

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import json
 import os
 import resource
 import secrets
@@ -15,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sf_storm import workers
-from sf_support import ShopDatabase, client_for, make_settings, new_shop
+from sf_support import GENEROUS_LIMITS, ShopDatabase, client_for, make_settings, new_shop
 from shopfront.app import create_app
 
 PASSWORD = "correct horse battery staple"
@@ -135,8 +136,7 @@ def _env(db: ShopDatabase, redis_url: str) -> dict[str, str]:
         "JWT_SECRET": secrets.token_urlsafe(48),
         "SESSION_SECRET": secrets.token_urlsafe(48),
         "COOKIE_SECRET": secrets.token_urlsafe(48),
-        "RATE_LIMIT_TENANT": "1000000/60",
-        "RATE_LIMIT_LOGIN": "1000000/60",
+        **GENEROUS_LIMITS,
     }
 
 
@@ -174,3 +174,33 @@ async def test_socket_is_refused_without_token_and_closed_on_logout_elsewhere(
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4401
     assert elapsed <= 1.0
+
+
+@pytest.mark.anyio
+async def test_socket_messages_share_one_quota_per_user_across_sockets(
+    pg_shop_db: ShopDatabase, redis_url: str
+) -> None:
+    """3 messages a minute per user: two sockets share it, the 4th message closes with 1008."""
+    env = {**_env(pg_shop_db, redis_url), "RATE_LIMIT_SOCKET_MESSAGES": "3/60"}
+    with workers(1, env) as (a,):
+        async with httpx.AsyncClient(base_url=a) as client:
+            shop = await new_shop(client)
+            body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
+            assert (await client.post("/auth/signup", json=body)).status_code == 201
+            token = (await client.post("/auth/login", json=body)).json()["access_token"]
+        url = a.replace("http://", "ws://") + "/ws/notifications"
+        protocols = ["bearer", token]
+        async with (
+            connect(url, subprotocols=protocols) as one,  # type: ignore[arg-type]
+            connect(url, subprotocols=protocols) as two,  # type: ignore[arg-type]
+        ):
+            answers = []
+            for socket in (one, one, two, two):
+                await socket.send("ping")
+                answers.append(json.loads(r) if (r := await socket.recv()) != "pong" else r)
+            with pytest.raises(ConnectionClosed) as closed:
+                await two.recv()
+    assert answers[:3] == ["pong", "pong", "pong"]
+    assert answers[3]["code"] == "ratelimit.exceeded"
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008

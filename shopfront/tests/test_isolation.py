@@ -2,12 +2,23 @@
 
 import psycopg
 import pytest
+from fastapi import FastAPI
 from httpx import AsyncClient
 from psycopg import sql
 
+from fake_sim import running_fake_sim
 from hardened.db.tenancy import TenantScoped
 from hardened.testing import Probe, assert_isolated, tenant_models_without_mixin
-from sf_support import Shop, ShopDatabase, client_for, make_settings, new_shop, order_body
+from sf_support import (
+    Shop,
+    ShopDatabase,
+    client_for,
+    fund,
+    idem,
+    make_settings,
+    new_shop,
+    order_body,
+)
 from shopfront.app import create_app
 from shopfront.models import Base
 
@@ -35,8 +46,9 @@ PUBLIC = {
 CSV = "external_ref,customer_email,sku,quantity,note\r\n"
 
 
-async def _seed_a(client: AsyncClient) -> tuple[Shop, dict[str, str]]:
+async def _seed_a(client: AsyncClient, app: FastAPI) -> tuple[Shop, dict[str, str]]:
     a = await new_shop(client, "alpha")
+    await fund(app, a, 100)
     h = a.headers
     coupon = (
         await client.post(
@@ -49,7 +61,9 @@ async def _seed_a(client: AsyncClient) -> tuple[Shop, dict[str, str]]:
         headers={**h, "content-type": "text/csv"},
     )
     assert imported.status_code == 201, imported.text
-    order = (await client.post("/orders", json=order_body(a, coupon="A-ONLY"), headers=h)).json()
+    order = (
+        await client.post("/orders", json=order_body(a, coupon="A-ONLY"), headers=idem(h))
+    ).json()
     await client.post(
         f"/orders/{order['id']}/transitions", json={"to": "paid", "version": 1}, headers=h
     )
@@ -59,10 +73,26 @@ async def _seed_a(client: AsyncClient) -> tuple[Shop, dict[str, str]]:
         )
     ).json()
     return a, {
+        **await _seed_wallet(client, a),
         "coupon_id": coupon["id"],
         "order_id": order["id"],
         "order_number": order["number"],
         "shipment_id": shipment["id"],
+    }
+
+
+async def _seed_wallet(client: AsyncClient, a: Shop) -> dict[str, str]:
+    h = a.headers
+    spent = (await client.post("/wallet/reservations", json={"amount": 30}, headers=idem(h))).json()
+    capture = await client.post(
+        f"/wallet/reservations/{spent['id']}/capture", json={}, headers=idem(h)
+    )
+    held = await client.post("/wallet/reservations", json={"amount": 20}, headers=idem(h))
+    assert capture.status_code == 200, capture.text
+    return {
+        "spent_id": spent["id"],
+        "capture_id": capture.json()["id"],
+        "held_id": held.json()["id"],
     }
 
 
@@ -90,7 +120,9 @@ def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Prob
             secrets=(ids["coupon_id"],),
         ),
         ("GET", "/coupons/{coupon_id}"): Probe(path_params={"coupon_id": ids["coupon_id"]}),
-        ("POST", "/orders"): Probe(json=order_body(a)),  # A's customer and item: not found
+        ("POST", "/orders"): Probe(
+            json=order_body(a), headers=idem()
+        ),  # A's customer and item: not found
         ("POST", "/orders/import"): Probe(
             content=(CSV + "A-REF-1,c@beta.example,PLAN-1,1,\r\n").encode(),
             headers={"content-type": "text/csv"},
@@ -106,6 +138,28 @@ def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Prob
         ("POST", "/orders/{order_id}/shipments"): Probe(
             path_params={"order_id": ids["order_id"]}, json={"carrier": "UPS", "version": 2}
         ),
+        ("GET", "/wallet"): Probe(expect="absent", secrets=(ids["held_id"], ids["spent_id"])),
+        ("POST", "/wallet/reservations"): Probe(
+            json={"amount": 10}, headers=idem(), expect="absent", secrets=(ids["held_id"],)
+        ),
+        ("GET", "/wallet/reservations/{reservation_id}"): Probe(
+            path_params={"reservation_id": ids["held_id"]}
+        ),
+        ("POST", "/wallet/reservations/{reservation_id}/capture"): Probe(
+            path_params={"reservation_id": ids["held_id"]}, json={}, headers=idem()
+        ),
+        ("POST", "/wallet/reservations/{reservation_id}/release"): Probe(
+            path_params={"reservation_id": ids["held_id"]}, headers=idem()
+        ),
+        ("POST", "/wallet/refunds"): Probe(
+            json={"amount": 1, "operation_id": ids["capture_id"]}, headers=idem()
+        ),
+        ("POST", "/sims/activations"): Probe(
+            json={"iccid": "8981100000000000001", "plan": "basic"},
+            headers=idem(),
+            expect="absent",
+            secrets=(ids["held_id"],),
+        ),
         ("GET", "/shipments/{shipment_id}"): Probe(path_params={"shipment_id": ids["shipment_id"]}),
         ("PATCH", "/shipments/{shipment_id}"): Probe(
             path_params={"shipment_id": ids["shipment_id"]},
@@ -117,23 +171,36 @@ def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Prob
 @pytest.mark.anyio
 async def test_every_route_isolates_tenants(shop_db: ShopDatabase) -> None:
     """Every route answers B with 404 or nothing of A's; A's rows are unchanged afterwards."""
-    app = create_app(make_settings(shop_db.url, migration_database_url=shop_db.owner_url))
+    async with running_fake_sim() as sim:
+        settings = make_settings(
+            shop_db.url, migration_database_url=shop_db.owner_url, sim_provider_url=sim.url
+        )
+        app = create_app(settings)
+        await _probe_all(app, shop_db)
+
+
+async def _probe_all(app: FastAPI, shop_db: ShopDatabase) -> None:
     try:
         async with client_for(app) as client:
-            a, ids = await _seed_a(client)
+            a, ids = await _seed_a(client, app)
             b = await new_shop(client, "beta")
+            await fund(app, b, 1000)
             client.headers.update(b.headers)
             probed = await assert_isolated(client, app, _probes(a, ids, b), public=PUBLIC)
             client.headers.update(a.headers)
             order = (await client.get(f"/orders/{ids['order_id']}")).json()
             shipment = (await client.get(f"/shipments/{ids['shipment_id']}")).json()
             coupon = (await client.get(f"/coupons/{ids['coupon_id']}")).json()
+            wallet = (await client.get("/wallet")).json()
+            held = (await client.get(f"/wallet/reservations/{ids['held_id']}")).json()
     finally:
         await app.state.shopfront.db.aclose()
-    assert len(probed) == 18
+    assert len(probed) == 25
     assert (order["status"], order["version"]) == ("shipped", 3)
     assert (shipment["status"], shipment["version"]) == ("label_created", 1)
     assert coupon["used"] == 1
+    assert wallet == {"balance": 70, "reserved": 20, "available": 50}
+    assert held["status"] == "held"
 
 
 def test_every_model_with_a_tenant_column_uses_the_mixin() -> None:
@@ -154,9 +221,9 @@ async def test_rls_alone_hides_foreign_rows_from_the_app_role(pg_shop_db: ShopDa
     app = create_app(make_settings(pg_shop_db.url))
     try:
         async with client_for(app) as client:
-            a, _ = await _seed_a(client)
+            a, _ = await _seed_a(client, app)
             b = await new_shop(client, "beta")
-            await client.post("/orders", json=order_body(b), headers=b.headers)
+            await client.post("/orders", json=order_body(b), headers=idem(b.headers))
     finally:
         await app.state.shopfront.db.aclose()
     owner = pg_shop_db.owner_url.replace("postgresql+psycopg://", "postgresql://")
@@ -169,7 +236,7 @@ async def test_rls_alone_hides_foreign_rows_from_the_app_role(pg_shop_db: ShopDa
             r[0]
             for r in conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")
         }
-    assert len(tables) == 10  # every table with a tenant_id column
+    assert len(tables) == 11  # every table with a tenant_id column
     assert all(enabled and forced for _, enabled, forced in tables), tables
     assert role == (False, False)
     assert "shopfront_app" not in owners

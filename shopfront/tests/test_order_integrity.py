@@ -4,7 +4,7 @@ import psycopg
 import pytest
 from httpx import AsyncClient
 
-from sf_support import ShopDatabase, new_shop, order_body
+from sf_support import ShopDatabase, idem, new_shop, order_body
 
 
 def _owner(db: ShopDatabase) -> psycopg.Connection[tuple[object, ...]]:
@@ -18,7 +18,7 @@ async def test_failed_shipment_leaves_order_unchanged(
     """A shipment insert that fails after the order update persists neither of them."""
     shop = await new_shop(shop_client_pg)
     h = shop.headers
-    order = (await shop_client_pg.post("/orders", json=order_body(shop), headers=h)).json()
+    order = (await shop_client_pg.post("/orders", json=order_body(shop), headers=idem(h))).json()
     await shop_client_pg.post(
         f"/orders/{order['id']}/transitions", json={"to": "paid", "version": 1}, headers=h
     )

@@ -3,7 +3,7 @@ import asyncio
 import pytest
 from httpx import AsyncClient
 
-from sf_support import new_shop, order_body
+from sf_support import idem, new_shop, order_body
 
 
 @pytest.mark.anyio
@@ -16,7 +16,7 @@ async def test_order_lifecycle_with_coupon_and_shipment(shop_client: AsyncClient
     )
     assert coupon.status_code == 201
     created = await shop_client.post(
-        "/orders", json=order_body(shop, coupon="TEN", quantity=2), headers=h
+        "/orders", json=order_body(shop, coupon="TEN", quantity=2), headers=idem(h)
     )
     assert created.status_code == 201, created.text
     order = created.json()
@@ -57,9 +57,9 @@ async def test_refusals_are_clear_problems(shop_client: AsyncClient) -> None:
         headers=h,
     )
     order = (
-        await shop_client.post("/orders", json=order_body(shop, coupon="ONE"), headers=h)
+        await shop_client.post("/orders", json=order_body(shop, coupon="ONE"), headers=idem(h))
     ).json()
-    again = await shop_client.post("/orders", json=order_body(shop, coupon="ONE"), headers=h)
+    again = await shop_client.post("/orders", json=order_body(shop, coupon="ONE"), headers=idem(h))
     assert (again.status_code, again.json()["code"]) == (409, "coupon.customer_limit")
     stale = await shop_client.post(
         f"/orders/{order['id']}/transitions", json={"to": "paid", "version": 7}, headers=h
@@ -72,9 +72,11 @@ async def test_refusals_are_clear_problems(shop_client: AsyncClient) -> None:
     assert (skip.status_code, skip.json()["code"]) == (409, "order.invalid_transition")
     too_many = order_body(shop)
     too_many["lines"] = too_many["lines"] * 101
-    big = await shop_client.post("/orders", json=too_many, headers=h)
+    big = await shop_client.post("/orders", json=too_many, headers=idem(h))
     assert (big.status_code, big.json()["errors"][0]["loc"]) == (422, ["body", "lines"])
-    unknown = await shop_client.post("/orders", json=order_body(shop, coupon="NOPE"), headers=h)
+    unknown = await shop_client.post(
+        "/orders", json=order_body(shop, coupon="NOPE"), headers=idem(h)
+    )
     assert (unknown.status_code, unknown.json()["code"]) == (404, "coupon.not_found")
     bad_limit = await shop_client.get("/orders?limit=1000", headers=h)
     assert (bad_limit.status_code, bad_limit.json()["errors"][0]["loc"]) == (
@@ -91,7 +93,9 @@ async def test_order_list_is_cursor_paginated(shop_client: AsyncClient) -> None:
     shop = await new_shop(shop_client)
     ids = []
     for _ in range(5):
-        created = await shop_client.post("/orders", json=order_body(shop), headers=shop.headers)
+        created = await shop_client.post(
+            "/orders", json=order_body(shop), headers=idem(shop.headers)
+        )
         ids.append(created.json()["id"])
     seen, cursor = [], None
     while True:
@@ -113,7 +117,7 @@ async def test_concurrent_transitions_from_one_version_one_wins(shop_client: Asy
     shop = await new_shop(shop_client)
     h = shop.headers
     for _ in range(10):
-        order = (await shop_client.post("/orders", json=order_body(shop), headers=h)).json()
+        order = (await shop_client.post("/orders", json=order_body(shop), headers=idem(h))).json()
         url = f"/orders/{order['id']}/transitions"
         first, second = await asyncio.gather(
             shop_client.post(url, json={"to": "paid", "version": 1}, headers=h),

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from sf_storm import Call, storm, workers
-from sf_support import ShopDatabase, new_shop, order_body
+from sf_support import GENEROUS_LIMITS, ShopDatabase, idem, new_shop, order_body
 
 
 def _worker_env(db: ShopDatabase) -> dict[str, str]:
@@ -22,8 +22,7 @@ def _worker_env(db: ShopDatabase) -> dict[str, str]:
         "JWT_SECRET": secrets.token_urlsafe(48),
         "SESSION_SECRET": secrets.token_urlsafe(48),
         "COOKIE_SECRET": secrets.token_urlsafe(48),
-        "RATE_LIMIT_TENANT": "1000000/60",
-        "RATE_LIMIT_LOGIN": "1000000/60",
+        **GENEROUS_LIMITS,
     }
 
 
@@ -47,7 +46,9 @@ async def test_coupon_limit_50_holds_under_500_redemptions(pg_shop_db: ShopDatab
                 headers=shop.headers,
             )
             body = order_body(shop, coupon="STORM")
-            calls = [Call("POST", f"{urls[i % 2]}/orders", body, shop.headers) for i in range(500)]
+            calls = [
+                Call("POST", f"{urls[i % 2]}/orders", body, idem(shop.headers)) for i in range(500)
+            ]
             result = await storm(calls, connections=64, warm=urls)
             used = (
                 await client.get(f"/coupons/{coupon.json()['id']}", headers=shop.headers)
@@ -70,10 +71,34 @@ async def test_1000_concurrent_orders_get_distinct_numbers(pg_shop_db: ShopDatab
         async with httpx.AsyncClient(base_url=urls[0]) as client:
             shop = await new_shop(client)
         body = order_body(shop)
-        calls = [Call("POST", f"{urls[i % 2]}/orders", body, shop.headers) for i in range(1000)]
+        calls = [
+            Call("POST", f"{urls[i % 2]}/orders", body, idem(shop.headers)) for i in range(1000)
+        ]
         result = await storm(calls, connections=64, warm=urls)
     assert result.statuses() == {201: 1000}
     numbers = {r.body["number"] for r in result.results}
     assert len(numbers) == 1000
     assert _owner_scalar(pg_shop_db, "SELECT count(DISTINCT number) FROM orders") == 1000
+    assert result.max_in_flight >= 32, "the storm was not concurrent"
+
+
+@pytest.mark.anyio
+async def test_100_identical_orders_with_one_key_create_one(pg_shop_db: ShopDatabase) -> None:
+    """100 concurrent retries of one order (one key) over two workers: one order, replays or 409."""
+    with workers(2, _worker_env(pg_shop_db)) as urls:
+        async with httpx.AsyncClient(base_url=urls[0]) as client:
+            shop = await new_shop(client)
+        headers = idem(shop.headers)
+        body = order_body(shop)
+        calls = [Call("POST", f"{urls[i % 2]}/orders", body, headers) for i in range(100)]
+        result = await storm(calls, connections=100, warm=urls)
+    statuses = result.statuses()
+    assert set(statuses) <= {201, 409}
+    created = [r.body for r in result.results if r.status == 201]
+    assert created
+    assert all(body == created[0] for body in created)
+    refused = [r.body for r in result.results if r.status == 409]
+    assert {b["code"] for b in refused} <= {"idempotency.in_flight"}
+    orders = f"SELECT count(*) FROM orders WHERE tenant_id = '{shop.tenant_id}'"  # noqa: S608
+    assert _owner_scalar(pg_shop_db, orders) == 1
     assert result.max_in_flight >= 32, "the storm was not concurrent"

@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from hardened.crypto import derive_key
 from hardened.fastapi import install_problem_handlers
 from hardened.http import (
     HSTS,
@@ -26,25 +27,30 @@ from hardened.http import (
     CORSMiddleware,
     CORSPolicy,
     CSRFMiddleware,
-    CSRFPolicy,
     RequestIdMiddleware,
     SecurityHeaders,
     SecurityHeadersMiddleware,
     TrustedHostMiddleware,
     TrustedProxies,
 )
+from hardened.idempotency import IdempotencyMiddleware, SqlBackend
+from hardened.ledger import Ledger
 from hardened.logging import configure_logging
 from hardened.observability import Health, check
 from hardened.stores import FallbackStore, MemoryStore, RedisStore
 from shopfront import __version__
-from shopfront.auth import build_auth, revocation_listener
+from shopfront.auth import build_auth, revocation_listener, secret_value
 from shopfront.db import Database
+from shopfront.exactly_once import GUARDED_ROUTES, http_config
+from shopfront.housekeeping import housekeeping
 from shopfront.limits import build_limits
 from shopfront.mailer import OutboxMailer
+from shopfront.models import IDEMPOTENCY, LEDGER
 from shopfront.routes import auth as auth_routes
-from shopfront.routes import catalog, coupons, customers, orders, tenants
+from shopfront.routes import catalog, coupons, customers, orders, sims, tenants, wallet
 from shopfront.services.imports import IMPORT_MAX_BYTES
 from shopfront.settings import Settings
+from shopfront.sim_provider import SimProvider
 from shopfront.state import AppState, app_state
 
 if TYPE_CHECKING:
@@ -87,6 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth=auth,
         mailer=OutboxMailer(),
         limits=build_limits(settings, store),
+        ledger=Ledger(LEDGER),
+        idempotency=SqlBackend(db.engine, IDEMPOTENCY),
+        sim=SimProvider(settings.sim_provider_url, timeout=settings.sim_provider_timeout),
+        idempotency_secret=derive_key(
+            secret_value(settings, "session_secret"), "shopfront idempotency"
+        ),
     )
 
     app = FastAPI(
@@ -99,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.shopfront = state
     install_problem_handlers(app, debug=settings.debug_enabled)
     _add_routes(app)
-    _add_middleware(app, settings, auth.csrf)
+    _add_middleware(app, state)
     return app
 
 
@@ -113,6 +125,8 @@ def _add_routes(app: FastAPI) -> None:
         coupons.router,
         orders.router,
         orders.shipments,
+        wallet.router,
+        sims.router,
     ):
         app.include_router(router)
 
@@ -140,20 +154,30 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
         # keeps full collections small, so a GC pause never stalls the loop for long.
         gc.collect()
         gc.freeze()
-        async with revocation_listener(state.auth):
+        async with revocation_listener(state.auth), housekeeping(state):
             try:
                 yield
             finally:
+                await state.sim.aclose()
                 await state.store.aclose()
                 await state.db.aclose()
 
     return run
 
 
-def _add_middleware(app: FastAPI, settings: Settings, csrf: CSRFPolicy) -> None:
+def _add_middleware(app: FastAPI, state: AppState) -> None:
+    settings, csrf = state.settings, state.auth.csrf
     proxies = TrustedProxies.from_strings(settings.trusted_proxies)
     debug = settings.debug_enabled
-    # add_middleware wraps: the last one added is the outermost.
+    # add_middleware wraps: the last one added is the outermost. Idempotency is the
+    # innermost: it sees only requests every guard admitted, with their bodies capped.
+    app.add_middleware(
+        IdempotencyMiddleware,
+        backend=state.idempotency,
+        secret=state.idempotency_secret,
+        rules=GUARDED_ROUTES,
+        config=http_config(settings, state.auth.access),
+    )
     csv_only = ContentTypePolicy(path_overrides={"/orders/import": {"text/csv"}})
     app.add_middleware(ContentTypeMiddleware, policy=csv_only, debug=debug)
     app.add_middleware(

@@ -38,7 +38,15 @@ if TYPE_CHECKING:
     from hardened.stores import Store
     from shopfront.settings import Settings
 
-__all__ = ["ACCESS_COOKIE", "SESSION_COOKIE", "Auth", "CurrentUser", "build_auth", "store_call"]
+__all__ = [
+    "ACCESS_COOKIE",
+    "SESSION_COOKIE",
+    "Auth",
+    "CurrentUser",
+    "build_auth",
+    "secret_value",
+    "store_call",
+]
 
 T = TypeVar("T")
 
@@ -60,7 +68,8 @@ class Auth:
     access_ttl: int
 
 
-def _secret(settings: Settings, name: str) -> str:
+def secret_value(settings: Settings, name: str) -> str:
+    """A secret setting's value (config fills or refuses missing ones before we get here)."""
     value = getattr(settings, name)
     assert value is not None  # noqa: S101 - filled in development, required elsewhere
     return str(value.get_secret_value())
@@ -68,7 +77,7 @@ def _secret(settings: Settings, name: str) -> str:
 
 def build_auth(settings: Settings, store: Store, redis_client: Any | None) -> Auth:
     """Every auth component of the service, from its settings."""
-    session_secret = _secret(settings, "session_secret")
+    session_secret = secret_value(settings, "session_secret")
     registry = SocketRegistry()
     bus: RevocationBus = (
         RedisRevocationBus(redis_client) if redis_client is not None else MemoryRevocationBus()
@@ -89,7 +98,7 @@ def build_auth(settings: Settings, store: Store, redis_client: Any | None) -> Au
             AccessTokenConfig(
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
-                signing_key=_secret(settings, "jwt_secret"),
+                signing_key=secret_value(settings, "jwt_secret"),
                 ttl=float(settings.access_token_ttl),
             )
         ),
@@ -103,7 +112,7 @@ def build_auth(settings: Settings, store: Store, redis_client: Any | None) -> Au
         ),
         reset_key=derive_key(session_secret, "shopfront password resets"),
         csrf=CSRFPolicy(
-            secret=derive_key(_secret(settings, "cookie_secret"), "shopfront csrf"),
+            secret=derive_key(secret_value(settings, "cookie_secret"), "shopfront csrf"),
             session_cookie=SESSION_COOKIE,
             cookie_secure=settings.cookie_secure,
         ),

@@ -4,6 +4,25 @@ Shop traffic is limited per tenant after authentication (one counter per
 shop, shared by every worker through Redis); sign-in is limited per account
 and per client IP, so neither a guessed password list against one account nor
 one address spraying many accounts gets far.
+
+Route policies ride on the tenant check, so a catalog read answers to its
+tenant quota and its route quota in one round trip, and a refused read
+consumes neither:
+
+========================  =====================  =========================
+route                     policy                 key
+========================  =====================  =========================
+every tenant route        ``tenant``             shop
+``GET /catalog/items*``   ``catalog``            shop + caller
+``POST /orders*``         ``orders``             shop + caller
+``POST /orders/import``   ``uploads``            shop (instead of orders)
+========================  =====================  =========================
+
+The caller is the user (token subject) or the API key (its hash), so one
+integration hammering the catalog does not lock the shop's staff out.
+``sms`` (per shop), ``webhook`` (per source) and ``socket_messages`` (per
+user, across all their sockets and workers) are `Throttle` s: the same store,
+the same semantics outside HTTP.
 """
 
 from __future__ import annotations
@@ -13,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from hardened import ratelimit
 from hardened.errors import ServiceUnavailable, StoreUnavailable
-from hardened.ratelimit import Policy, RateLimiter
+from hardened.ratelimit import Policy, RateLimiter, Throttle
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,6 +61,25 @@ class Limits:
     login_account: Policy
     login_ip: Policy
     password_reset: Policy
+    catalog: Policy
+    orders: Policy
+    uploads: Policy
+    sms: Throttle
+    webhooks: Throttle
+    socket_messages: Throttle
+
+    def tenant_hits(
+        self, method: str, route: str, tenant: str, caller: str
+    ) -> list[tuple[Policy, str]]:
+        """The policies a tenant request answers to, for one round trip."""
+        hits = [(self.tenant, tenant)]
+        if route == "/orders/import":
+            hits.append((self.uploads, tenant))
+        elif method == "GET" and route.startswith("/catalog/items"):
+            hits.append((self.catalog, f"{tenant}:{caller}"))
+        elif method == "POST" and route.startswith("/orders"):
+            hits.append((self.orders, f"{tenant}:{caller}"))
+        return hits
 
 
 def build_limits(settings: Settings, store: AtomicScripts) -> Limits:
@@ -49,12 +87,22 @@ def build_limits(settings: Settings, store: AtomicScripts) -> Limits:
     # Sign-in limits follow the auth mode: strict deployments refuse sign-in while the
     # store is down; non-strict ones chose availability, so the limits fail open too.
     login_mode = "closed" if settings.auth_require_redis_for_tokens else "open"
+    limiter = RateLimiter(store, namespace="shopfront")
     return Limits(
-        limiter=RateLimiter(store, namespace="shopfront"),
+        limiter=limiter,
         tenant=_policy("tenant", settings.rate_limit_tenant),
         login_account=_policy("login_account", settings.rate_limit_login, fail_mode=login_mode),
         login_ip=_policy("login_ip", settings.rate_limit_login, fail_mode=login_mode),
         password_reset=_policy("password_reset", settings.rate_limit_password_reset),
+        catalog=_policy("catalog", settings.rate_limit_catalog),
+        orders=_policy("orders", settings.rate_limit_orders),
+        uploads=_policy("uploads", settings.rate_limit_uploads),
+        # A paid send must not go out unmetered: SMS fails closed when the store is down.
+        sms=Throttle(limiter, (_policy("sms", settings.rate_limit_sms, fail_mode="closed"),)),
+        webhooks=Throttle(limiter, (_policy("webhook", settings.rate_limit_webhooks),)),
+        socket_messages=Throttle(
+            limiter, (_policy("socket_messages", settings.rate_limit_socket_messages),)
+        ),
     )
 
 

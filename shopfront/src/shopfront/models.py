@@ -32,9 +32,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from hardened.db.integrity import Versioned
 from hardened.db.limits import position_check
 from hardened.db.tenancy import TenantScoped
+from hardened.idempotency import idempotency_table
+from hardened.ledger import ledger_tables
 
 __all__ = [
+    "IDEMPOTENCY",
+    "LEDGER",
     "MAX_ORDER_LINES",
+    "NAMING",
     "Base",
     "CatalogItem",
     "Coupon",
@@ -45,6 +50,7 @@ __all__ = [
     "OrderStatusChange",
     "PasswordReset",
     "Shipment",
+    "SimActivation",
     "Tenant",
     "UTCDateTime",
     "User",
@@ -275,3 +281,25 @@ class Shipment(TenantScoped, Versioned, Base):
     tracking_number: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(20), default="label_created")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class SimActivation(TenantScoped, Base):
+    """A SIM the shop activated at the provider, paid from its credits."""
+
+    __tablename__ = "sim_activations"
+    __table_args__ = (UniqueConstraint("tenant_id", "iccid"),)
+
+    id: Mapped[uuid.UUID] = _id()
+    iccid: Mapped[str] = mapped_column(String(22))
+    plan: Mapped[str] = mapped_column(String(50))
+    provider_ref: Mapped[str] = mapped_column(String(100))
+    reservation_id: Mapped[uuid.UUID] = mapped_column(Uuid())
+    price: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+# Library tables in the service's metadata, so migrations and the schema check see them.
+# The ledger is keyed by owner (the shop's id) rather than tenant_id: every route reaches
+# it only through the authenticated shop's own wallet (see shopfront.routes.wallet).
+LEDGER = ledger_tables(Base.metadata)
+IDEMPOTENCY = idempotency_table(Base.metadata)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from hardened.config import Check, HardenedSettings
@@ -77,6 +77,35 @@ class Settings(HardenedSettings):
     """Login attempts per seconds, per account and per client IP (seed: 5 per 15 min)."""
     rate_limit_password_reset: str = Field(default="3/3600", pattern=r"^\d+/\d+$")
     """Reset requests per seconds, per account (3 per hour)."""
+    rate_limit_catalog: str = Field(default="10/60", pattern=r"^\d+/\d+$")
+    """Catalog reads per seconds, per shop and caller (seed 000: 10 per minute)."""
+    rate_limit_orders: str = Field(default="60/60", pattern=r"^\d+/\d+$")
+    """Order writes per seconds, per shop and caller (the seed names no number: 1 per second)."""
+    rate_limit_uploads: str = Field(default="10/3600", pattern=r"^\d+/\d+$")
+    """File uploads (bulk imports) per seconds, per shop (seed 003: limit upload endpoints)."""
+    rate_limit_sms: str = Field(default="10/60", pattern=r"^\d+/\d+$")
+    """SMS sends per seconds, per shop (seed 003: 10 per minute)."""
+    rate_limit_webhooks: str = Field(default="100/60", pattern=r"^\d+/\d+$")
+    """Inbound webhooks per seconds, per source (seed 003: 100 per minute)."""
+    rate_limit_socket_messages: str = Field(default="600/60", pattern=r"^\d+/\d+$")
+    """WebSocket messages per seconds, per user over all their sockets (seed 002)."""
+    idempotency_retention: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    """Seconds a completed Idempotency-Key result is replayed (24 h, as the seeds asked)."""
+    idempotency_lease: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds a request holds its key without a heartbeat before a retry may take over."""
+    reservation_ttl: int = Field(default=86_400, ge=60)
+    """Seconds a credit reservation holds before the expiry job releases it."""
+    housekeeping_interval: float = Field(default=60.0, ge=0)
+    """Seconds between sweeps of expired holds and idempotency records (0: off)."""
+    sim_provider_url: str | None = None
+    """The SIM provider's base URL; unset, activation answers 503 sim.not_configured."""
+    sim_provider_timeout: float = Field(default=5.0, gt=0, le=60)
+    sim_activation_price: int = Field(default=500, ge=0)
+    """Credits one SIM activation costs."""
+    sim_crash_after: str | None = Field(
+        default=None, pattern=r"^(reserve|provider|activate|record|capture)$"
+    )
+    """Test-only fault injection: SIGKILL the process right after this phase commits."""
     auto_migrate: bool | None = None
     log_json: bool | None = None
 
@@ -93,6 +122,13 @@ class Settings(HardenedSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _fault_injection_only_in_tests(self) -> Settings:
+        if self.sim_crash_after is not None and self.environment != "test":
+            msg = "SIM_CRASH_AFTER is fault injection for tests: set ENVIRONMENT=test"
+            raise ValueError(msg)
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:

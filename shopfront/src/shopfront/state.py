@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, cast
 from fastapi import Request
 
 if TYPE_CHECKING:
+    from hardened.idempotency import SqlBackend
+    from hardened.ledger import Ledger
     from hardened.observability import Health
     from hardened.stores import Store
     from shopfront.auth import Auth
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from shopfront.limits import Limits
     from shopfront.mailer import OutboxMailer
     from shopfront.settings import Settings
+    from shopfront.sim_provider import SimProvider
 
 __all__ = ["AppState", "app_state"]
 
@@ -28,6 +31,10 @@ class AppState:
     auth: Auth
     mailer: OutboxMailer
     limits: Limits
+    ledger: Ledger
+    idempotency: SqlBackend
+    sim: SimProvider
+    idempotency_secret: bytes
 
 
 def app_state(request: Request) -> AppState:

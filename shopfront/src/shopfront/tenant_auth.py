@@ -89,10 +89,14 @@ async def tenant_request(
         )
     if token.startswith(API_KEY_PREFIX):
         tenant_id = await _tenant_of_key(state, token)
+        caller = "key:" + hash_api_key(token)[:32]
     else:
         claims = await verify_access(state.auth, token)
         tenant_id = uuid.UUID(claims.tenant)
-    headers = await enforce(state.limits, [(state.limits.tenant, str(tenant_id))])
+        caller = "user:" + claims.sub
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    hits = state.limits.tenant_hits(request.method, route, str(tenant_id), caller)
+    headers = await enforce(state.limits, hits)
     response.headers.update(headers)
     async with tenant_session(state.db.sessions, tenant_id) as session:
         yield TenantRequest(tenant_id, session, state)

@@ -248,10 +248,13 @@ async def notifications(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=BEARER_SUBPROTOCOL)
     handle = auth.registry.register(claims.sub, claims.sid, websocket.close)
     limit = MessageRateLimit(rate=SOCKET_MESSAGES_PER_S, burst=SOCKET_BURST)
+    per_user = websocket.app.state.shopfront.limits.socket_messages
     try:
         while True:
             message = await websocket.receive_text()
-            if not limit.allow():
+            # The socket's own burst check is free; the user's quota across all their
+            # sockets and workers costs a store call, so it only sees what passed.
+            if not limit.allow() or not (await per_user.check(claims.sub)).allowed:
                 await websocket.send_text(error_frame("ratelimit.exceeded", "Too many messages."))
                 await websocket.close(code=1008, reason="rate limited")
                 break

@@ -3,10 +3,12 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from sqlalchemy import select
 
 from hardened.errors import NotFound
+from hardened.idempotency import IdempotencyKey, idempotency_key
+from shopfront.exactly_once import prior_effect, record_effect
 from shopfront.models import Order, OrderStatusChange, Shipment
 from shopfront.pagination import Cursor, Limit, next_cursor, page_query
 from shopfront.schemas import (
@@ -32,10 +34,21 @@ shipments = APIRouter(prefix="/shipments", tags=["shipments"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_order(body: OrderIn, t: Tenancy) -> OrderOut:
-    """Place an order; a coupon is redeemed in the same transaction or not at all."""
+async def create_order(
+    body: OrderIn,
+    t: Tenancy,
+    key: Annotated[IdempotencyKey, Depends(idempotency_key(guarded=True))],
+) -> OrderOut:
+    """Place an order once per Idempotency-Key; a coupon is redeemed with it or not at all."""
     async with t.session.begin():
-        order = await service.create_order(t.session, t.tenant_id, body)
+        earlier = prior_effect(key, "order")
+        if earlier is not None:  # a crashed attempt committed it: answer, don't redo
+            order = await t.session.get(Order, uuid.UUID(earlier))
+            if order is None:
+                raise NotFound("No such order.", code="order.not_found")
+        else:
+            order = await service.create_order(t.session, t.tenant_id, body)
+            await record_effect(t.state.idempotency, t.session, key, "order", str(order.id))
     return OrderOut.model_validate(order)
 
 

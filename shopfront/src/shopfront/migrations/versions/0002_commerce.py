@@ -11,9 +11,9 @@ Revises: 0001
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 
-from hardened.db.rls import app_role_statements, drop_rls_statements, rls_statements
+from shopfront.migrations._rls import protect_tenant_tables, unprotect_tenant_tables
 
 revision = "0002"
 down_revision = "0001"
@@ -178,20 +178,11 @@ def upgrade() -> None:
         ),
     )
 
-    if op.get_bind().dialect.name == "postgresql":
-        for table in TENANT_TABLES:
-            for statement in rls_statements(table):
-                op.execute(statement)
-        role = context.config.attributes.get("app_role", "shopfront_app")
-        for statement in app_role_statements(role):
-            op.execute(statement)
+    protect_tenant_tables(TENANT_TABLES)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for table in TENANT_TABLES:
-            for statement in drop_rls_statements(table):
-                op.execute(statement)
+    unprotect_tenant_tables(TENANT_TABLES)
     for table in reversed(TENANT_TABLES):
         op.drop_table(table)
     with op.batch_alter_table("tenants") as batch:

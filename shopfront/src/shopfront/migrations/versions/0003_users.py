@@ -7,9 +7,9 @@ Revises: 0002
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 
-from hardened.db.rls import app_role_statements, drop_rls_statements, rls_statements
+from shopfront.migrations._rls import protect_tenant_tables, unprotect_tenant_tables
 
 revision = "0003"
 down_revision = "0002"
@@ -40,19 +40,10 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name="uq_password_resets_token_hash"),
     )
     op.create_index("ix_password_resets_user_id", "password_resets", ["user_id"])
-    if op.get_bind().dialect.name == "postgresql":
-        for table in TABLES:
-            for statement in rls_statements(table):
-                op.execute(statement)
-        role = context.config.attributes.get("app_role", "shopfront_app")
-        for statement in app_role_statements(role):
-            op.execute(statement)
+    protect_tenant_tables(TABLES)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for table in TABLES:
-            for statement in drop_rls_statements(table):
-                op.execute(statement)
+    unprotect_tenant_tables(TABLES)
     op.drop_table("password_resets")
     op.drop_table("users")

@@ -1,0 +1,183 @@
+"""SIM activation: reserve credits → provider → record → capture, resumable after any crash.
+
+Seed 000 asked for idempotent activation (``X-Idempotency-Key``, results kept
+24 h, a processing lock, cleanup on failure). Here the four steps are
+recovery-point phases (`hardened.idempotency.run_phases` on the service's
+database), so a retry with the same key after a crash anywhere resumes after
+the last completed phase:
+
+* ``reserve`` holds the price on the shop's wallet (ledger key derived from
+  the record key: a repeat is a replay);
+* ``activate`` calls the provider with an idempotency key derived from the
+  record key, so a crash between the provider's answer and its recovery point
+  repeats the call but not the activation;
+* ``record`` inserts the activation row and ``capture`` spends the hold, each
+  committed with its recovery point.
+
+The provider refusing the SIM (a final 4xx) is not a crash: the run goes on,
+releases the hold instead of capturing it (the seed's cleanup on failure),
+and stores the refusal, so retries get the same 422 and nothing is charged.
+A provider outage (5xx, timeout) is a 503: the key is released with its
+recovery point and the hold stays, so the retry resumes at the provider call.
+Keys are scoped by shop (any of its callers retrying with a key gets the same
+activation); the same key with another ICCID or plan is a 422, and a retry
+while the first attempt runs is a 409 with ``Retry-After``.
+"""
+
+import os
+import signal
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hardened.db.tenancy import tenant_session
+from hardened.errors import Conflict
+from hardened.idempotency import (
+    ExternalPhase,
+    IdempotencyKey,
+    LocalPhase,
+    PhaseState,
+    fingerprint,
+    idempotency_key,
+    run_phases,
+    scoped_key,
+)
+from shopfront.models import SimActivation
+from shopfront.sim_provider import SimRefused
+from shopfront.state import AppState
+from shopfront.tenant_auth import Tenancy, TenantRequest
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/sims", tags=["sims"])
+
+Key = Annotated[IdempotencyKey, Depends(idempotency_key())]
+
+
+class ActivationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    iccid: str = Field(pattern=r"^89\d{16,20}$", description="ICCID (ITU-T E.118), 18-22 digits")
+    plan: str = Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class ActivationOut(BaseModel):
+    id: uuid.UUID
+    iccid: str
+    plan: str
+    provider_ref: str
+    price: int
+    reservation_id: uuid.UUID
+    created_at: datetime
+
+
+class SimAlreadyActive(Conflict):
+    code = "sim.already_active"
+
+
+def _crash_point(state: AppState, after: str) -> None:
+    """Test-only fault injection (settings refuse it outside ENVIRONMENT=test)."""
+    if state.settings.sim_crash_after == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _phases(t: TenantRequest, body: ActivationIn, record: str) -> list[Any]:
+    state, ledger = t.state, t.state.ledger
+    owner = str(t.tenant_id)
+
+    async def reserve(session: AsyncSession, s: PhaseState) -> PhaseState:
+        taken = await session.scalar(
+            select(SimActivation.id).where(SimActivation.iccid == s["iccid"])
+        )
+        if taken is not None:
+            raise SimAlreadyActive("This SIM is already active.")
+        wallet = await ledger.open_account(session, owner)
+        price = state.settings.sim_activation_price
+        hold = await ledger.reserve(session, wallet, price, f"{record}:reserve")
+        return {**s, "wallet": str(wallet), "reservation": str(hold.id), "price": price}
+
+    async def activate(s: PhaseState) -> PhaseState:
+        _crash_point(state, "reserve")
+        try:
+            done = await state.sim.activate(
+                iccid=s["iccid"], plan=s["plan"], idempotency_key=f"{record}:activate"
+            )
+        except SimRefused:
+            return {**s, "refused": True}
+        _crash_point(state, "provider")  # answered, but its recovery point not yet written
+        return {**s, "provider_ref": done.provider_ref}
+
+    async def record_activation(session: AsyncSession, s: PhaseState) -> PhaseState:
+        _crash_point(state, "activate")
+        if s.get("refused"):
+            return s
+        row = SimActivation(
+            tenant_id=t.tenant_id,
+            iccid=s["iccid"],
+            plan=s["plan"],
+            provider_ref=s["provider_ref"],
+            reservation_id=uuid.UUID(s["reservation"]),
+            price=s["price"],
+        )
+        session.add(row)
+        await session.flush()
+        return {**s, "activation": str(row.id), "created_at": row.created_at.isoformat()}
+
+    async def capture(session: AsyncSession, s: PhaseState) -> PhaseState:
+        _crash_point(state, "record")
+        hold, wallet = uuid.UUID(s["reservation"]), uuid.UUID(s["wallet"])
+        if s.get("refused"):  # cleanup on failure: nothing is charged
+            await ledger.release(session, hold, f"{record}:release", account=wallet)
+            return s
+        op = await ledger.capture(session, hold, f"{record}:capture", account=wallet)
+        return {**s, "capture": str(op.id)}
+
+    return [
+        LocalPhase("reserve", reserve),
+        ExternalPhase("activate", activate),
+        LocalPhase("record", record_activation),
+        LocalPhase("capture", capture),
+    ]
+
+
+@router.post("/activations", status_code=status.HTTP_201_CREATED, response_model=ActivationOut)
+async def activate_sim(body: ActivationIn, t: Tenancy, key: Key) -> JSONResponse:
+    """Activate a SIM once per key, paying from the shop's credits (see the module docstring)."""
+    state = t.state
+    record = scoped_key(
+        tenant=str(t.tenant_id),
+        principal=None,
+        method="POST",
+        route="/sims/activations",
+        key=key.value,
+    )
+    digest = fingerprint(state.idempotency_secret, body.iccid.encode(), body.plan.encode())
+    final = await run_phases(
+        state.idempotency,
+        record,
+        digest,
+        _phases(t, body, record),
+        state={"iccid": body.iccid, "plan": body.plan},
+        lease=state.settings.idempotency_lease,
+        retention=float(state.settings.idempotency_retention),
+        sessions=lambda: tenant_session(state.db.sessions, t.tenant_id),
+    )
+    _crash_point(state, "capture")
+    if final.get("refused"):
+        refused = SimRefused("The SIM provider refused this activation; nothing was charged.")
+        raise refused
+    out = ActivationOut(
+        id=uuid.UUID(final["activation"]),
+        iccid=final["iccid"],
+        plan=final["plan"],
+        provider_ref=final["provider_ref"],
+        price=final["price"],
+        reservation_id=uuid.UUID(final["reservation"]),
+        created_at=datetime.fromisoformat(final["created_at"]),
+    )
+    return JSONResponse(out.model_dump(mode="json"), status_code=status.HTTP_201_CREATED)
