@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import structlog
 
-from hardened.errors import StoreUnavailable
 from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
 from hardened.idempotency._errors import IdempotencyInFlight, IdempotencyKeyReused, LeaseLost
 from hardened.idempotency._keys import key_hash_for_logs, scoped_key
+from hardened.idempotency._lease import HeldLease
 from hardened.observability._metrics import counter
 
 if TYPE_CHECKING:
@@ -78,15 +78,11 @@ _OUTCOMES = {
     outcome: _CLAIMS.labels(outcome)  # labels() locks on every call: resolve once
     for outcome in ("claimed", "resumed", "replayed", "in_flight", "mismatch")
 }
-_LEASE_LOST = counter(
-    "idempotency_lease_lost_total", "Holders that found their lease taken over by another."
-)
 _FIRST_POLL = 0.02
 _MAX_POLL = 0.5
 _CURRENT: contextvars.ContextVar[Operation | None] = contextvars.ContextVar(
     "hardened_idempotency_operation", default=None
 )
-_BACKGROUND: set[asyncio.Task[Any]] = set()
 
 
 def _log() -> Any:
@@ -128,24 +124,17 @@ class IdempotencyConfig:
         return self.lease / 3 if self.heartbeat is None else self.heartbeat
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    _BACKGROUND.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        _log().warning("idempotency.release_failed", error=repr(task.exception()))
-
-
 class Operation:
     """One claimed (or replayed) run of an operation; use as ``async with``."""
 
     __slots__ = (
         "_entered",
         "_finished",
-        "_heartbeat",
+        "_held",
         "_idem",
+        "_key",
         "_key_hash",
-        "_lost",
         "_reset",
-        "_stop",
         "_store_key",
         "data",
         "fingerprint",
@@ -157,6 +146,7 @@ class Operation:
 
     def __init__(self, idem: Idempotent, key: str, fingerprint: bytes) -> None:
         self._idem = idem
+        self._key = key
         self._store_key = idem.store_key(key)
         self._key_hash = key_hash_for_logs(key)
         self.fingerprint = fingerprint
@@ -165,15 +155,14 @@ class Operation:
         self.phase: str | None = None
         self.data: bytes | None = None
         self.token: int | None = None
-        self._entered = self._finished = self._lost = False
-        self._stop = asyncio.Event()
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._entered = self._finished = False
+        self._held: HeldLease | None = None
         self._reset: contextvars.Token[Operation | None] | None = None
 
     @property
     def lease_lost(self) -> bool:
         """Whether another holder took over: nothing this run does will be published."""
-        return self._lost
+        return self._held is not None and self._held.lost
 
     # -- entering: claim, wait, decide ------------------------------------------
 
@@ -230,44 +219,17 @@ class Operation:
 
     def _start(self, claim: Claimed) -> None:
         self.token, self.phase, self.data = claim.token, claim.phase, claim.data
-        self._heartbeat = asyncio.create_task(
-            self._beat(claim.token), name=f"idempotency-heartbeat-{self._key_hash}"
+        config = self._idem.config
+        self._held = HeldLease(
+            self._idem.backend,
+            self._store_key,
+            claim.token,
+            lease=config.lease,
+            interval=config.heartbeat_interval,
+            log_key=self._key,
         )
 
-    # -- holding: heartbeat, checkpoint, complete ---------------------------------
-
-    async def _beat(self, token: int) -> None:
-        config, backend = self._idem.config, self._idem.backend
-        while True:
-            try:
-                await asyncio.wait_for(self._stop.wait(), config.heartbeat_interval)
-            except TimeoutError:
-                pass
-            else:
-                return
-            try:
-                alive = await backend.heartbeat(self._store_key, token, lease=config.lease)
-            except StoreUnavailable:
-                # The lease may still stand; the next beat tries again, and the
-                # fenced writes decide in the end.
-                _log().warning("idempotency.heartbeat_failed", key_hash=self._key_hash)
-                continue
-            if not alive:
-                self._mark_lost("heartbeat")
-                return
-
-    async def _stop_heartbeat(self) -> None:
-        """Stop renewing, after any renewal in progress (never cancelled mid-call)."""
-        self._stop.set()
-        task, self._heartbeat = self._heartbeat, None
-        if task is not None:
-            await asyncio.shield(task)
-
-    def _mark_lost(self, where: str) -> None:
-        if not self._lost:
-            self._lost = True
-            _LEASE_LOST.inc()
-            _log().warning("idempotency.lease_lost", key_hash=self._key_hash, where=where)
+    # -- holding: checkpoint, complete ----------------------------------------------
 
     def _lease_lost(self) -> LeaseLost:
         return LeaseLost(
@@ -275,32 +237,33 @@ class Operation:
             context={"key_hash": self._key_hash},
         )
 
-    def _holding(self) -> int:
-        if self.token is None or self._finished:
+    def _holding(self) -> HeldLease:
+        held = self._held
+        if held is None or self._finished:
             state = "replayed" if self.replayed else "not held"
             raise RuntimeError(f"this operation is {state}; it cannot be written")
-        if self._lost:
+        if held.lost:
             raise self._lease_lost()
-        return self.token
+        return held
 
     async def checkpoint(self, phase: str, data: bytes = b"") -> None:
         """Record ``phase`` as done (recovery point): a retry resumes after it with ``data``."""
-        token = self._holding()
-        if not await self._idem.backend.checkpoint(self._store_key, token, phase, data):
-            self._mark_lost("checkpoint")
+        held = self._holding()
+        if not await self._idem.backend.checkpoint(held.key, held.token, phase, data):
+            held.mark_lost("checkpoint")
             raise self._lease_lost()
         self.phase, self.data = phase, data
 
     async def complete(self, result: bytes) -> None:
         """Store ``result`` for replays and end the lease; `LeaseLost` if taken over."""
-        token = self._holding()
-        await self._stop_heartbeat()
+        held = self._holding()
+        await held.stop()
         config = self._idem.config
         stored = await self._idem.backend.complete(
-            self._store_key, token, result, retention=config.retention
+            held.key, held.token, result, retention=config.retention
         )
         if not stored:
-            self._mark_lost("complete")
+            held.mark_lost("complete")
             raise self._lease_lost()
         self._finished, self.result = True, result
 
@@ -315,23 +278,15 @@ class Operation:
         if self._reset is not None:
             _CURRENT.reset(self._reset)
             self._reset = None
-        await self._stop_heartbeat()
-        if self.token is None or self._finished:
+        held = self._held
+        if held is None or self._finished:
             return
         self._finished = True
-        # Its own task, shielded: a cancelled caller (timeouts, shutdown) still releases.
-        task = asyncio.ensure_future(self._idem.backend.release(self._store_key, self.token))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_retrieve)
+        await held.stop()
         reason = "not_completed" if exc_type is None else "exception"
         _log().info("idempotency.released", key_hash=self._key_hash, reason=reason)
-        if exc_type is None:
-            await asyncio.shield(task)
-            return
-        try:
-            await asyncio.shield(task)
-        except Exception:  # noqa: BLE001 - logged by _retrieve; the caller's exception wins
-            return
+        # Shielded inside: a cancelled caller (timeouts, shutdown) still releases.
+        await held.release()
 
 
 class Idempotent:

@@ -120,6 +120,7 @@ from hardened.idempotency._errors import (
     IdempotencyKeyReused,
 )
 from hardened.idempotency._keys import fingerprint, key_hash_for_logs, scoped_key, validate_key
+from hardened.idempotency._lease import HeldLease
 from hardened.observability._metrics import counter
 
 if TYPE_CHECKING:
@@ -517,59 +518,6 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 # -- the middleware ------------------------------------------------------------------------
 
 
-class _Heartbeat:
-    """Extends the lease while the app runs; no task at all for requests shorter than one beat."""
-
-    __slots__ = (
-        "_backend",
-        "_handle",
-        "_interval",
-        "_key",
-        "_lease",
-        "_raw_key",
-        "_task",
-        "_token",
-        "lost",
-    )
-
-    def __init__(
-        self, backend: IdempotencyBackend, g: _Guarded, lease: float, interval: float
-    ) -> None:
-        self._backend, self._key, self._token, self._raw_key = backend, g.scoped, g.token, g.raw_key
-        self._lease, self._interval = lease, interval
-        self._task: asyncio.Task[None] | None = None
-        self.lost = False
-        self._handle = asyncio.get_running_loop().call_later(interval, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                alive = await self._backend.heartbeat(self._key, self._token, lease=self._lease)
-            except StoreUnavailable:
-                # Keep trying: the lease is still ours until it expires.
-                _log.warning(
-                    "idempotency.heartbeat_failed", key_hash=key_hash_for_logs(self._raw_key)
-                )
-                alive = True
-            if not alive:
-                self.lost = True
-                _log.warning(
-                    "idempotency.lease_lost",
-                    key_hash=key_hash_for_logs(self._raw_key),
-                    during="heartbeat",
-                )
-                return
-            await asyncio.sleep(self._interval)
-
-    def stop(self) -> None:
-        self._handle.cancel()
-        if self._task is not None:
-            self._task.cancel()
-
-
 @dataclass(slots=True)
 class _Guarded:
     """What the executing request captured so far."""
@@ -780,7 +728,14 @@ class IdempotencyMiddleware:
 
     async def _execute(self, scope: Scope, receive: Receive, send: Send, g: _Guarded) -> None:
         config = self.config
-        beat = _Heartbeat(self.backend, g, config.lease, config.heartbeat_interval)
+        beat = HeldLease(
+            self.backend,
+            g.scoped,
+            g.token,
+            lease=config.lease,
+            interval=config.heartbeat_interval,
+            log_key=g.raw_key,
+        )
         replay_names = self._replay_names
         limit = config.max_stored_bytes
 
@@ -812,31 +767,30 @@ class IdempotencyMiddleware:
                     else:
                         g.chunks.append(chunk)
                 if not message.get("more_body", False):
-                    beat.stop()
+                    await beat.stop()
                     await self._settle(g, beat)
             await forward(message)
 
         try:
             await self.app(scope, receive, capture)
         except BaseException:
-            beat.stop()
             if not g.settled:
                 # Shielded: a cancelled request (server shutdown) still releases its claim.
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(self._settle_failure(scope, g, beat))
             raise
-        beat.stop()
         if not g.settled:
             # The app returned without finishing a response: nothing trustworthy to store.
-            await self._release(g, "incomplete")
+            await beat.stop()
+            await self._release(g, beat, "incomplete")
 
-    async def _settle(self, g: _Guarded, beat: _Heartbeat) -> None:
+    async def _settle(self, g: _Guarded, beat: HeldLease) -> None:
         g.settled = True
         status = g.status
         if status in self.config.transient_statuses or (
             status >= 500 and not self.config.store_server_errors
         ):
-            await self._release(g, "status")
+            await self._release(g, beat, "status")
             return
         if not g.storable:
             _count["not_stored"]()
@@ -846,22 +800,23 @@ class IdempotencyMiddleware:
                 size=g.size,
                 limit=self.config.max_stored_bytes,
             )
-            await self._release(g, "too_large", count=False)
+            await self._release(g, beat, "too_large", count=False)
             return
         body = g.chunks[0] if len(g.chunks) == 1 else b"".join(g.chunks)
         await self._complete(g, encode_response(status, g.headers, body), beat)
 
-    async def _settle_failure(self, scope: Scope, g: _Guarded, beat: _Heartbeat) -> None:
+    async def _settle_failure(self, scope: Scope, g: _Guarded, beat: HeldLease) -> None:
         g.settled = True
+        await beat.stop()
         if not self.config.store_server_errors:
-            await self._release(g, "exception")
+            await self._release(g, beat, "exception")
             return
         problem = problem_for(HardenedError(), instance=scope.get("path"))
         body = problem.body()
         headers = [(n, v) for n, v in problem.header_list() if n in self._replay_names]
         await self._complete(g, encode_response(problem.status, headers, body), beat)
 
-    async def _complete(self, g: _Guarded, result: bytes, beat: _Heartbeat) -> None:
+    async def _complete(self, g: _Guarded, result: bytes, beat: HeldLease) -> None:
         try:
             stored = await self.backend.complete(
                 g.scoped, g.token, result, retention=self.config.retention
@@ -875,21 +830,16 @@ class IdempotencyMiddleware:
             _count["executed"]()
             return
         _count["lease_lost"]()
-        _log.warning(
-            "idempotency.lease_lost",
-            key_hash=key_hash_for_logs(g.raw_key),
-            during="complete",
-            heartbeat_lost=beat.lost,
-        )
+        beat.mark_lost("complete")
 
-    async def _release(self, g: _Guarded, reason: str, *, count: bool = True) -> None:
+    async def _release(
+        self, g: _Guarded, beat: HeldLease, reason: str, *, count: bool = True
+    ) -> None:
         if count:
             _count["released"]()
-        try:
-            released = await self.backend.release(g.scoped, g.token)
-        except StoreUnavailable:
-            _log.error("idempotency.release_failed", key_hash=key_hash_for_logs(g.raw_key))
-            return
+        released = await beat.release()
+        if released is None:
+            return  # logged by the lease; it lapses on its own
         _log.info(
             "idempotency.released",
             key_hash=key_hash_for_logs(g.raw_key),

@@ -48,6 +48,7 @@ from hardened.db.transaction import run_transaction
 from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
 from hardened.idempotency._errors import IdempotencyInFlight, IdempotencyKeyReused, LeaseLost
 from hardened.idempotency._keys import key_hash_for_logs
+from hardened.idempotency._lease import HeldLease
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ExternalPhase", "LocalPhase", "Phase", "PhaseState", "run_phases"]
 
-_RELEASES: set[asyncio.Task[bool]] = set()  # strong references until each release ends
 
 PhaseState: TypeAlias = dict[str, Any]
 """What phases pass along: a JSON object, stored as each recovery point."""
@@ -171,7 +171,7 @@ def _resume(claim: Claimed, names: list[str], state: PhaseState | None) -> tuple
 
 
 class _Run:
-    """One holder of the key: heartbeat, phases, fenced records, release."""
+    """One holder of the key: its lease, the phases, fenced records, release."""
 
     def __init__(
         self,
@@ -186,35 +186,44 @@ class _Run:
         self.backend, self.key, self.token = backend, key, token
         self.key_hash = key_hash_for_logs(key)
         self.lease, self.retention, self.sessions = lease, retention, sessions
-        self.lost = False
-        self._stop = asyncio.Event()
 
     async def all(
         self, phases: Sequence[Phase], claim: Claimed, state: PhaseState | None
     ) -> PhaseState:
-        beat = asyncio.create_task(self._beat())
+        held = HeldLease(
+            self.backend,
+            self.key,
+            self.token,
+            lease=self.lease,
+            interval=self.lease / 3,
+            log_key=self.key,
+        )
         try:
             start, current = _resume(claim, [phase.name for phase in phases], state)
             if start == len(phases):  # the last phase was recorded as a recovery point
-                await self._record(current, None)
+                await self._record(held, current, None)
             for index in range(start, len(phases)):
-                current = await self._phase(phases[index], current, index == len(phases) - 1)
+                last = index == len(phases) - 1
+                current = await self._phase(held, phases[index], current, last)
             return current
         except LeaseLost:
+            held.mark_lost("phase")
             raise
         except (Exception, asyncio.CancelledError):
-            await self._release()
+            await held.stop()
+            await held.release()  # shielded inside: a cancelled caller still releases
             raise
         finally:
-            self._stop.set()
-            await asyncio.shield(beat)  # never cancelled mid-statement
+            await held.stop()
 
-    async def _phase(self, phase: Phase, current: PhaseState, last: bool) -> PhaseState:
-        if self.lost:  # the heartbeat found the lease taken over: stop before the next effect
+    async def _phase(
+        self, held: HeldLease, phase: Phase, current: PhaseState, last: bool
+    ) -> PhaseState:
+        if held.lost:  # a beat found the lease taken over: stop before the next effect
             raise self._lease_lost()
         if isinstance(phase, ExternalPhase):
             after = await phase.run(current)
-            await self._record(after, None if last else phase.name)
+            await self._record(held, after, None if last else phase.name)
             return after
 
         async def local(session: AsyncSession) -> PhaseState:
@@ -230,43 +239,18 @@ class _Run:
 
         return await run_transaction(self.sessions, local)
 
-    async def _record(self, after: PhaseState, name: str | None) -> None:
+    async def _record(self, held: HeldLease, after: PhaseState, name: str | None) -> None:
         blob = _dumps(after)
         if name is None:
             done = await self.backend.complete(self.key, self.token, blob, retention=self.retention)
         else:
             done = await self.backend.checkpoint(self.key, self.token, name, blob)
         if not done:
+            held.mark_lost("complete" if name is None else "checkpoint")
             raise self._lease_lost()
 
     def _lease_lost(self) -> LeaseLost:
-        _log().warning("idempotency.lease_lost", key_hash=self.key_hash)
         return LeaseLost(
             "Another holder took over this operation; this run must not publish.",
             context={"key_hash": self.key_hash},
         )
-
-    async def _beat(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.lease / 3)
-            except TimeoutError:
-                pass
-            else:
-                return
-            try:
-                if not await self.backend.heartbeat(self.key, self.token, lease=self.lease):
-                    self.lost = True
-                    return
-            except Exception:  # noqa: BLE001 - a missed beat is retried; fenced writes decide
-                _log().warning("idempotency.heartbeat_failed", key_hash=self.key_hash)
-
-    async def _release(self) -> None:
-        # Its own task, shielded: a cancelled caller still releases.
-        task = asyncio.ensure_future(self.backend.release(self.key, self.token))
-        _RELEASES.add(task)
-        task.add_done_callback(_RELEASES.discard)
-        try:
-            await asyncio.shield(task)
-        except Exception:  # noqa: BLE001 - the caller's exception wins; the lease lapses anyway
-            _log().warning("idempotency.release_failed", key_hash=self.key_hash)
