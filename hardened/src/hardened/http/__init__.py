@@ -24,6 +24,7 @@ from hardened.http._headers import (
     SecurityHeadersMiddleware,
 )
 from hardened.http._hosts import TrustedHostMiddleware, TrustedHosts
+from hardened.http._paths import PathPattern
 from hardened.http._problem import send_problem
 from hardened.http._proxy import TrustedProxies
 from hardened.http._request_id import RequestIdMiddleware
@@ -42,6 +43,7 @@ __all__ = [
     "ClientIPMiddleware",
     "ContentTypeMiddleware",
     "ContentTypePolicy",
+    "PathPattern",
     "RequestIdMiddleware",
     "SecurityHeaders",
     "SecurityHeadersMiddleware",

@@ -111,6 +111,7 @@ import structlog
 from hardened._types import Scope
 from hardened.errors import HardenedError, PayloadTooLarge, StoreUnavailable, problem_for
 from hardened.http._body import DEFAULT_MAX_BODY_BYTES
+from hardened.http._paths import PathPattern
 from hardened.http._problem import send_problem
 from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
 from hardened.idempotency._errors import (
@@ -263,29 +264,14 @@ def scope_from_credentials(scope: Scope) -> tuple[str | None, str | None]:
 # -- configuration -------------------------------------------------------------------------
 
 
-def _template_pattern(path: str) -> tuple[re.Pattern[str], bool]:
-    exact = path.endswith("$")
-    body = path[:-1] if exact else path.rstrip("/")
-    parts = []
-    for segment in body.split("/"):
-        if segment.startswith("{") and segment.endswith("}") and len(segment) > 2:
-            parts.append("[^/]+")
-        else:
-            parts.append(re.escape(segment))
-    regex = "/".join(parts)
-    if exact:
-        return re.compile(regex + r"\Z"), True
-    return re.compile(regex + r"(?:/.*)?\Z", re.DOTALL), "{" in body
-
-
 @dataclass(frozen=True, slots=True)
 class IdempotentRoute:
     """Requests whose method and path match are guarded.
 
-    ``path`` matches like `hardened.ratelimit.Rule`: a prefix on whole segments
-    (``/orders`` matches ``/orders`` and ``/orders/7``, not ``/ordersx``), exact
-    with a trailing ``$``. A ``{name}`` segment matches any one segment, and then
-    the path is the route template used for scoping. ``required`` refuses
+    ``path`` matches like `hardened.ratelimit.Rule` (`hardened.http.PathPattern`):
+    a prefix on whole segments (``/orders`` matches ``/orders`` and ``/orders/7``,
+    not ``/ordersx``), exact with a trailing ``$``. A ``{name}`` segment matches
+    any one segment, and then the path is the route template used for scoping. ``required`` refuses
     requests without a key (400); otherwise they pass unguarded. ``wait`` (in
     seconds) lets a duplicate wait for the first request's result instead of
     getting a 409 at once. ``fingerprint_fields`` (dotted paths into a JSON
@@ -297,30 +283,25 @@ class IdempotentRoute:
     required: bool = True
     wait: float = 0.0
     fingerprint_fields: tuple[str, ...] | None = None
-    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    _template: str | None = field(init=False, repr=False, compare=False)
+    _pattern: PathPattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.path.startswith("/"):
-            msg = f"route path must start with '/': {self.path!r}"
-            raise ValueError(msg)
+        object.__setattr__(self, "_pattern", PathPattern(self.path))
         if self.wait < 0:
             msg = f"wait must be >= 0, got {self.wait}"
             raise ValueError(msg)
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
         if self.fingerprint_fields is not None:
             object.__setattr__(self, "fingerprint_fields", tuple(self.fingerprint_fields))
-        pattern, named = _template_pattern(self.path)
-        object.__setattr__(self, "_pattern", pattern)
-        object.__setattr__(self, "_template", self.path.removesuffix("$") if named else None)
 
     def matches(self, method: str, path: str) -> bool:
         """Whether this route guards ``method`` ``path``."""
-        return method.upper() in self.methods and self._pattern.match(path) is not None
+        return method.upper() in self.methods and self._pattern.matches(path)
 
     def template(self, path: str) -> str:
         """The route template that scopes keys for ``path`` (see the module docstring)."""
-        return self._template if self._template is not None else path
+        template = self._pattern.template
+        return template if template is not None else path
 
 
 def _check_replay_headers(names: Iterable[str]) -> frozenset[str]:

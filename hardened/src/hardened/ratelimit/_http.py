@@ -35,7 +35,7 @@ import inspect
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import structlog
@@ -43,6 +43,7 @@ import structlog
 from hardened._context import client_ip_var
 from hardened._types import Scope
 from hardened.errors import RateLimited, StoreUnavailable
+from hardened.http._paths import PathPattern
 from hardened.http._problem import send_problem
 
 if TYPE_CHECKING:
@@ -305,17 +306,18 @@ class Rule:
 
     ``path`` matches as a prefix on whole segments (``/api/orders`` matches
     ``/api/orders`` and ``/api/orders/7``, not ``/api/ordersx``); a trailing ``$``
-    makes it exact (``/login$``). ``methods`` None means every method.
+    makes it exact (``/login$``), and a ``{name}`` segment matches any one
+    segment (``/orders/{id}/cancel$``): `hardened.http.PathPattern`, the syntax of
+    `hardened.idempotency.IdempotentRoute` too. ``methods`` None means every method.
     """
 
     path: str
     limits: tuple[tuple[Policy, Keyer], ...]
     methods: frozenset[str] | None = None
+    _pattern: PathPattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.path.startswith("/"):
-            msg = f"rule path must start with '/': {self.path!r}"
-            raise ValueError(msg)
+        object.__setattr__(self, "_pattern", PathPattern(self.path))
         if self.methods is not None:
             object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
 
@@ -323,10 +325,7 @@ class Rule:
         """Whether this rule applies to ``method`` ``path``."""
         if self.methods is not None and method.upper() not in self.methods:
             return False
-        if self.path.endswith("$"):
-            return path == self.path[:-1]
-        prefix = self.path.rstrip("/")
-        return not prefix or path == prefix or path.startswith(prefix + "/")
+        return self._pattern.matches(path)
 
 
 def _hits(scope: Scope, limits: Iterable[tuple[Policy, Keyer]]) -> list[tuple[Policy, str]]:
