@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
 
+    from hardened._types import Scope
     from hardened.auth.websockets import RevocationBus
     from hardened.stores import Store
     from shopfront.settings import Settings
@@ -156,9 +157,29 @@ def bearer_token(request: Request) -> str | None:
     return request.cookies.get(ACCESS_COOKIE)
 
 
-async def verify_access(auth: Auth, token: str) -> AccessClaims:
+_VERIFIED = "shopfront.verified_access"
+
+
+def verified_access(scope: Scope, access: AccessTokens, token: str) -> AccessClaims:
+    """``access.verify(token)``, once per request: the verdict is kept in the ASGI state.
+
+    The idempotency scope (middleware) and the route's auth dependency both need
+    the token's claims; the signature is checked once, by whichever asks first.
+    """
+    state = scope.setdefault("state", {})
+    kept = state.get(_VERIFIED)
+    if kept is not None and kept[0] == token:
+        claims: AccessClaims = kept[1]
+        return claims
+    claims = access.verify(token)
+    state[_VERIFIED] = (token, claims)
+    return claims
+
+
+async def verify_access(auth: Auth, token: str, scope: Scope | None = None) -> AccessClaims:
     """Verify a JWT and refuse it when the user logged out everywhere after it was issued."""
-    claims = auth.access.verify(token)
+    access = auth.access
+    claims = access.verify(token) if scope is None else verified_access(scope, access, token)
     not_before = await store_call(lambda: auth.refresh.not_before(claims.sub))
     if issued_before(claims, not_before):
         raise Unauthorized("The session was signed out.", code="auth.token_revoked")
@@ -174,7 +195,7 @@ async def current_user(request: Request, auth: Annotated[Auth, Depends(auth_of)]
             code="auth.missing_credentials",
             headers={"www-authenticate": "Bearer"},
         )
-    return await verify_access(auth, token)
+    return await verify_access(auth, token, request.scope)
 
 
 CurrentUser = Annotated[AccessClaims, Depends(current_user)]

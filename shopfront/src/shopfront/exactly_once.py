@@ -34,7 +34,7 @@ from hardened.idempotency import (
     IdempotentRoute,
     SqlBackend,
 )
-from shopfront.auth import bearer_token
+from shopfront.auth import bearer_token, verified_access
 from shopfront.tenant_auth import API_KEY_PREFIX, hash_api_key
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def scope_for(access: AccessTokens) -> ScopeOf:
         if token.startswith(API_KEY_PREFIX):
             return None, "key:" + hash_api_key(token)  # the key alone names its shop
         try:
-            claims = access.verify(token)
+            claims = verified_access(scope, access, token)
         except HardenedError:
             return None, "unverified:" + hashlib.sha256(token.encode()).hexdigest()
         return claims.tenant, "user:" + claims.sub

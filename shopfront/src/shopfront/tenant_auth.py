@@ -91,7 +91,7 @@ async def tenant_request(
         tenant_id = await _tenant_of_key(state, token)
         caller = "key:" + hash_api_key(token)[:32]
     else:
-        claims = await verify_access(state.auth, token)
+        claims = await verify_access(state.auth, token, request.scope)
         tenant_id = uuid.UUID(claims.tenant)
         caller = "user:" + claims.sub
     route = getattr(request.scope.get("route"), "path", request.url.path)
