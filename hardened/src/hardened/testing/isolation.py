@@ -20,8 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from hardened.testing._routes import RouteKey, route_table
+
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping
+    from collections.abc import Collection, Mapping
 
     import httpx
 
@@ -31,13 +33,9 @@ __all__ = [
     "RouteKey",
     "app_routes",
     "assert_isolated",
+    "call",
     "tenant_models_without_mixin",
 ]
-
-RouteKey = tuple[str, str]
-"""(METHOD, path template), e.g. ("GET", "/orders/{order_id}")."""
-
-_IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,56 +60,33 @@ class IsolationFailure:
 
 def app_routes(app: Any) -> list[RouteKey]:
     """Every (method, path) an ASGI app routes, from Starlette/FastAPI routing tables."""
-    found: set[RouteKey] = set()
-
-    def add(path: str, methods: Iterable[str] | None) -> None:
-        if methods:
-            found.update((m, path) for m in methods if m not in _IGNORED_METHODS)
-        else:
-            found.add(("WEBSOCKET", path))
-
-    def walk_included(included: Any, prefix: str) -> None:
-        include_prefix = getattr(getattr(included, "include_context", None), "prefix", "")
-        for candidate in included.effective_candidates():
-            if callable(getattr(candidate, "effective_candidates", None)):
-                walk_included(candidate, prefix)  # its context already combines the prefixes
-                continue
-            # HTTP contexts carry the full path; WebSocket ones leave it empty.
-            path = candidate.path or include_prefix + candidate.original_route.path
-            add(prefix + path, getattr(candidate, "methods", None))
-
-    def walk(routes: Iterable[Any], prefix: str) -> None:
-        for route in routes:
-            # FastAPI includes routers lazily; their routes are only reachable this way.
-            if callable(getattr(route, "effective_candidates", None)):
-                walk_included(route, prefix)
-                continue
-            path = prefix + getattr(route, "path", "")
-            sub = getattr(route, "routes", None)
-            if getattr(route, "methods", None) or sub is None:
-                if hasattr(route, "path"):
-                    add(path, getattr(route, "methods", None))
-            else:
-                walk(sub, path)
-
-    walk(getattr(app, "routes", ()), "")
-    return sorted(found)
+    return sorted(route_table(app))
 
 
-async def _check(client: httpx.AsyncClient, key: RouteKey, probe: Probe) -> str | None:
+async def call(
+    client: httpx.AsyncClient,
+    key: RouteKey,
+    probe: Probe,
+    headers: Mapping[str, str] | None = None,
+) -> httpx.Response:
+    """Send ``probe`` to ``key`` with ``headers`` added (KeyError: a path param is missing)."""
     method, template = key
-    try:
-        path = template.format_map(dict(probe.path_params))
-    except KeyError as exc:
-        return f"probe lacks path parameter {exc}"
-    response = await client.request(
+    path = template.format_map(dict(probe.path_params))
+    return await client.request(
         method,
         path,
         params=dict(probe.query),
         json=probe.json,
         content=probe.content,
-        headers=dict(probe.headers),
+        headers={**(headers or {}), **probe.headers},
     )
+
+
+async def _check(client: httpx.AsyncClient, key: RouteKey, probe: Probe) -> str | None:
+    try:
+        response = await call(client, key, probe)
+    except KeyError as exc:
+        return f"probe lacks path parameter {exc}"
     status = response.status_code
     if status >= 500:
         return f"answered {status}"
