@@ -9,9 +9,26 @@ Needs the ``postgres`` or ``sqlite`` extra. The pieces, each in its module:
 * `transaction`: retries of serialization failures and deadlocks, statement
   timeouts, advisory locks (and SQLite's one-writer equivalent);
 * `limits`: collection caps in schemas and in SQL constraints;
-* `csv_import`: streamed, all-or-nothing CSV imports with a per-row report.
+* `csv_import`: streamed, all-or-nothing CSV imports with a per-row report;
+* `unavailable_error`: the database failing (pool exhausted, refused, too many
+  connections, connection lost, statement timeout, SQLite locked) as a 503
+  `DatabaseUnavailable` with ``Retry-After``, for an error boundary's
+  ``translate=``. Codes: ``db.unavailable``, ``db.pool_exhausted``,
+  ``db.connection_lost``, ``db.statement_timeout``, ``db.locked``.
+
+A pooled PostgreSQL connection found dead at a transaction's first statement is
+replaced transparently (`hardened.db.rls`); `run_transaction` also re-runs a
+transaction whose connection was lost before COMMIT.
 """
 
+from hardened.db._errors import (
+    ConnectionLost,
+    DatabaseLocked,
+    DatabaseUnavailable,
+    PoolExhausted,
+    StatementTimeout,
+    unavailable_error,
+)
 from hardened.db.csv_import import (
     CsvSpec,
     ImportProgress,
@@ -53,17 +70,23 @@ from hardened.db.tenancy import (
 )
 from hardened.db.transaction import (
     advisory_lock,
+    conflict_error,
     run_transaction,
     sqlite_immediate_transactions,
 )
 
 __all__ = [
     "MAX_COLLECTION_ITEMS",
+    "ConnectionLost",
     "CrossTenantWrite",
     "CsvSpec",
+    "DatabaseLocked",
+    "DatabaseUnavailable",
     "ImportProgress",
     "ImportReport",
+    "PoolExhausted",
     "RowError",
+    "StatementTimeout",
     "TenantContextMissing",
     "TenantScoped",
     "TenantSession",
@@ -75,6 +98,7 @@ __all__ = [
     "bounded_list",
     "cardinality_check",
     "conditional_increment",
+    "conflict_error",
     "constraint_name",
     "current_tenant_id",
     "drop_rls_statements",
@@ -92,6 +116,7 @@ __all__ = [
     "sqlite_immediate_transactions",
     "tenant_context",
     "tenant_session",
+    "unavailable_error",
     "update_versioned",
     "upsert_increment",
 ]

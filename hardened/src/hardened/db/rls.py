@@ -12,6 +12,28 @@ The setting is written with ``set_config(..., true)`` at the start of every tran
 so it dies with the transaction and a pooled connection never carries a tenant into the
 next checkout. Statements here are plain strings for Alembic's ``op.execute``; every name
 is validated against ``^[a-z_][a-z0-9_]*$`` and double-quoted, so none can inject SQL.
+
+That ``set_config`` is the first statement of every tenant transaction, so it is where a
+dead pooled connection shows. ``pool_pre_ping`` catches backends that died while idle, but
+not one killed after the ping (``pg_terminate_backend``, a failover, an idle timeout
+firing): the ping's round trip is a check, not a guarantee. So the hook itself retries: if
+``set_config`` fails because the connection died, and nothing of the transaction has
+reached the server (a root transaction on a connection the session checked out itself,
+driver status idle), the connection is replaced under the same transaction and the
+statement runs again, up to twice. Why here and not around the session: the hook runs for
+every way a transaction starts (``execute``, ``get``, a flush, ``connection()``, inside an
+explicit ``session.begin()``), before any of the caller's statements, so the retry is
+invisible and provably repeats nothing; a session-level retry could not survive the
+caller's ``async with session.begin():``, and a checkout-time check (the ping) always
+leaves the race. SQLAlchemy refuses to reconnect a Connection inside a transaction, so the
+empty Core transaction is rolled back and a new one begun on a fresh connection (execution
+options such as the isolation level re-applied), and the session's record of its
+transaction is pointed at it: the one private detail here, guarded by shape checks (when
+they fail the error propagates as before) and by the tests. If no fresh connection can be
+had, the connection leaves the transaction and the connect error propagates (a 503 through
+`hardened.db.unavailable_error`), the session still closable. Failures anywhere later in a
+transaction are not retried here: they are `hardened.db.unavailable_error`'s 503s, and
+`hardened.db.run_transaction` re-runs its whole unit of work.
 """
 
 from __future__ import annotations
@@ -21,7 +43,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+from hardened.observability import counter
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -42,6 +67,12 @@ TENANT_INFO_KEY = "hardened.tenant_id"
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _SET_TENANT = text(f"SELECT set_config('{SETTING}', :tenant, true)")
+_RECONNECTS = 2
+_IDLE = 0  # libpq PQTRANS_IDLE (psycopg 3 TransactionStatus.IDLE, psycopg2 alike)
+_RECONNECTED = counter(
+    "db_reconnects_total",
+    "Transactions moved to a fresh connection: the pooled one was dead at their first statement.",
+)
 
 
 def _ident(name: str, what: str) -> str:
@@ -117,13 +148,78 @@ def app_role_statements(role: str, *, schema: str = "public") -> list[str]:
     ]
 
 
+def _untouched(transaction: SessionTransaction, connection: Connection) -> bool:
+    """Nothing of this transaction has reached the server, and the session owns the connection.
+
+    Only then may a dead connection be swapped: a nested transaction, a session bound to
+    the caller's Connection, or a driver already inside a transaction means earlier work
+    that a swap would silently drop.
+    """
+    if transaction.nested or transaction.parent is not None:
+        return False
+    entry = getattr(transaction, "_connections", {}).get(connection)
+    if not (
+        isinstance(entry, tuple)
+        and len(entry) == 4
+        and entry[0] is connection
+        and entry[1] is connection.get_transaction()
+        and entry[3] is True  # autoclose: checked out from an Engine for this transaction
+    ):
+        return False
+    info = getattr(connection.connection.driver_connection, "info", None)
+    return getattr(info, "transaction_status", None) == _IDLE
+
+
+def _move_to_fresh_connection(transaction: SessionTransaction, connection: Connection) -> None:
+    """Put ``connection`` (dead, in an empty transaction) on a fresh pooled connection."""
+    connections = transaction._connections
+    entry = connections[connection]
+    connection.rollback()  # the empty Core transaction; now the Connection may reconnect
+    try:
+        # Re-apply what lived on the dead DBAPI connection (isolation level, read-only...).
+        # This checks out a fresh one: SQLAlchemy recycles every connection older than the
+        # dead one at checkout, and the pool's pre-ping (if on) vets the rest.
+        options = connection.get_execution_options()
+        connection.dialect.set_connection_execution_options(connection, options)
+        fresh = connection.begin()
+    except BaseException:
+        # No connection to be had: leave the transaction without one, as SQLAlchemy does
+        # when provisioning fails, so closing the session finds nothing half-replaced.
+        connections.pop(connection, None)
+        connections.pop(connection.engine, None)
+        connection.close()
+        raise
+    connections[connection] = connections[connection.engine] = (
+        connection,
+        fresh,
+        entry[2],
+        entry[3],
+    )
+
+
 def _set_tenant(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    """``after_begin``: write the session's tenant (or '' for none) into this transaction."""
+    """``after_begin``: write the session's tenant (or '' for none) into this transaction.
+
+    A connection that turns out dead here, before anything else ran, is replaced and the
+    statement retried (see the module docstring).
+    """
     if connection.dialect.name != "postgresql":
         return
     tenant = session.info.get(TENANT_INFO_KEY)
     value = str(uuid.UUID(str(tenant))) if tenant is not None else ""
-    connection.execute(_SET_TENANT, {"tenant": value})
+    movable = _untouched(transaction, connection)
+    attempt = 0
+    while True:
+        try:
+            connection.execute(_SET_TENANT, {"tenant": value})
+        except DBAPIError as exc:
+            if not (movable and exc.connection_invalidated) or attempt >= _RECONNECTS:
+                raise
+        else:
+            return
+        attempt += 1
+        _move_to_fresh_connection(transaction, connection)
+        _RECONNECTED.inc()
 
 
 def install_rls_tenant_setting(target: type[Session] | sessionmaker[Any] | Session) -> None:

@@ -13,8 +13,15 @@ Outcomes a client sees (decided here, once):
 * retries exhausted → `Conflict` ``409 conflict.retry_exhausted`` with
   ``Retry-After: 1``: the request was valid and lost a race several times;
   retrying it later is correct, and it is not the database being down;
-* statement timeout (``57014``) → `ServiceUnavailable` ``503
-  db.statement_timeout``: the service is too slow right now;
+* the connection lost before COMMIT (a backend killed, a network cut) is
+  retried the same way on a fresh session: nothing committed, so running
+  ``fn`` again is exactly as safe as after a deadlock. Lost on every attempt,
+  or lost *during* COMMIT (it may have committed, so it is never re-run), it
+  is `ConnectionLost` ``503 db.connection_lost``;
+* statement timeout (``57014``), pool exhausted, database refusing or
+  unreachable → the `hardened.db.unavailable_error` 503 (``db.statement_timeout``,
+  ``db.pool_exhausted``, ``db.unavailable``), raised at once: waiting longer
+  inside the request would only hold its connection slot;
 * anything else propagates unchanged (and is not retried).
 
 ``fn`` runs once per attempt, so everything it does outside the database must
@@ -43,16 +50,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import sqlite3
 import uuid
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import BigInteger, Connection, Engine, bindparam, event, select, true
 from sqlalchemy import func as sa_func
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from hardened.errors import Conflict, ServiceUnavailable
+from hardened.db._errors import sqlite_locked, sqlstate, unavailable_error, unavailable_reason
+from hardened.errors import Conflict
 from hardened.observability._metrics import counter
 
 if TYPE_CHECKING:
@@ -63,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = [
     "advisory_key",
     "advisory_lock",
+    "conflict_error",
     "has_immediate_transactions",
     "require_immediate_transactions",
     "run_transaction",
@@ -73,8 +81,6 @@ __all__ = [
 T = TypeVar("T")
 
 _SQLSTATE_REASONS = {"40001": "serialization", "40P01": "deadlock"}
-_SQLITE_LOCKED = ("database is locked", "database table is locked")
-_STATEMENT_TIMEOUT = "57014"
 
 _RETRIES = counter(
     "db_transaction_retries_total",
@@ -83,7 +89,7 @@ _RETRIES = counter(
 )
 _FAILURES = counter(
     "db_transaction_failures_total",
-    "Transactions given up on: retry_exhausted or statement_timeout.",
+    "Transactions given up on: retry_exhausted, statement_timeout or connection_lost.",
     ["reason"],
 )
 _LOCK_BUSY = counter(
@@ -91,12 +97,6 @@ _LOCK_BUSY = counter(
     "Advisory locks refused without waiting (lock.busy), by namespace.",
     ["namespace"],
 )
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    orig = getattr(exc, "orig", exc)
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return state if isinstance(state, str) else None
 
 
 def transient_reason(exc: BaseException) -> str | None:
@@ -107,14 +107,31 @@ def transient_reason(exc: BaseException) -> str | None:
     """
     if not isinstance(exc, DBAPIError):
         return None
-    reason = _SQLSTATE_REASONS.get(_sqlstate(exc) or "")
+    reason = _SQLSTATE_REASONS.get(sqlstate(exc) or "")
     if reason is not None:
         return reason
-    if isinstance(exc.orig, sqlite3.OperationalError) and any(
-        text in str(exc.orig) for text in _SQLITE_LOCKED
-    ):
-        return "locked"
-    return None
+    return "locked" if sqlite_locked(exc) else None
+
+
+def conflict_error(exc: BaseException) -> Conflict | None:
+    """A translator: a serialization failure or deadlock outside `run_transaction` is a 409.
+
+    Nothing was committed and the client may retry at once, so it gets ``db.conflict``
+    with ``Retry-After: 1`` instead of a 500. Plug it in beside `unavailable_error`
+    (e.g. ``ErrorBoundaryMiddleware(translate=...)``); SQLite's busy database stays
+    `unavailable_error`'s 503. Work that can simply run again belongs in
+    `run_transaction`, which retries these itself.
+    """
+    reason = transient_reason(exc)
+    if reason not in _SQLSTATE_REASONS.values():
+        return None
+    _FAILURES.labels(reason=reason).inc()
+    return Conflict(
+        "The operation conflicted with concurrent changes; retry the request.",
+        code="db.conflict",
+        context={"reason": reason},
+        headers={"retry-after": "1"},
+    )
 
 
 def _backoff(attempt: int, base_delay: float, max_delay: float) -> float:
@@ -130,15 +147,33 @@ async def _attempt(
 ) -> T:
     async with sessions() as session:
         dialect = session.get_bind().dialect.name
-        async with session.begin():
-            if isolation_level is not None and dialect != "sqlite":
-                # SQLite is serializable already; changing its level would
-                # also undo the BEGIN IMMEDIATE recipe on that connection.
-                await session.connection(execution_options={"isolation_level": isolation_level})
-            if statement_timeout is not None and dialect == "postgresql":
-                ms = str(max(1, round(statement_timeout * 1000)))
-                await session.execute(select(sa_func.set_config("statement_timeout", ms, true())))
-            return await fn(session)
+        committing = False
+        try:
+            async with session.begin():
+                if isolation_level is not None and dialect != "sqlite":
+                    # SQLite is serializable already; changing its level would
+                    # also undo the BEGIN IMMEDIATE recipe on that connection.
+                    await session.connection(execution_options={"isolation_level": isolation_level})
+                if statement_timeout is not None and dialect == "postgresql":
+                    ms = str(max(1, round(statement_timeout * 1000)))
+                    await session.execute(
+                        select(sa_func.set_config("statement_timeout", ms, true()))
+                    )
+                result = await fn(session)
+                await session.flush()  # so that only COMMIT itself runs past this point
+                committing = True
+        except SQLAlchemyError as exc:
+            if committing and unavailable_reason(exc) == "connection_lost":
+                # The server may have committed before the connection went: never re-run.
+                _FAILURES.labels(reason="connection_lost").inc()
+                raise _unavailable(exc, {"commit": "unknown"}) from exc
+            raise
+        return result
+
+
+def _unavailable(exc: SQLAlchemyError, context: dict[str, Any]) -> Exception:
+    """The 503 for ``exc``, which the caller already knows to be unavailability."""
+    return unavailable_error(exc, context=context) or exc
 
 
 async def run_transaction(
@@ -157,10 +192,13 @@ async def run_transaction(
     Each attempt opens a session, begins, sets ``statement_timeout`` (seconds,
     PostgreSQL only, scoped to the transaction) and ``isolation_level`` (not on
     SQLite), awaits ``fn(session)`` and commits. Serialization failures,
-    deadlocks and SQLite "database is locked" roll back and retry after a
-    jittered exponential delay, up to ``retries`` more attempts; then
-    `Conflict` ``conflict.retry_exhausted``. A statement timeout raises
-    `ServiceUnavailable` ``db.statement_timeout``. Other errors propagate.
+    deadlocks, SQLite "database is locked" and a connection lost before COMMIT
+    roll back and retry after a jittered exponential delay, up to ``retries``
+    more attempts; then `Conflict` ``conflict.retry_exhausted`` (a lost
+    connection: `ConnectionLost` ``db.connection_lost``). A connection lost in
+    COMMIT is not retried (``db.connection_lost``); other database
+    unavailability (statement timeout, pool exhausted, refused) raises its
+    `hardened.db.unavailable_error` 503 at once. Other errors propagate.
     """
     if retries < 0:
         msg = "retries must be >= 0"
@@ -169,17 +207,22 @@ async def run_transaction(
     while True:
         try:
             return await _attempt(sessions, fn, statement_timeout, isolation_level)
-        except DBAPIError as exc:
-            if _sqlstate(exc) == _STATEMENT_TIMEOUT:
-                _FAILURES.labels(reason="statement_timeout").inc()
-                raise ServiceUnavailable(
-                    "The operation took too long; try again later.",
-                    code="db.statement_timeout",
-                    context={"statement_timeout": statement_timeout},
-                ) from exc
+        except SQLAlchemyError as exc:
+            unavailable = unavailable_reason(exc)
             reason = transient_reason(exc)
+            if reason is None and unavailable == "connection_lost":
+                reason = "disconnect"  # before COMMIT (_attempt raised otherwise)
             if reason is None:
-                raise
+                if unavailable is None:
+                    raise
+                context: dict[str, Any] = {}
+                if unavailable == "statement_timeout":
+                    _FAILURES.labels(reason="statement_timeout").inc()
+                    context["statement_timeout"] = statement_timeout
+                raise _unavailable(exc, context) from exc
+            if attempt >= retries and reason == "disconnect":
+                _FAILURES.labels(reason="connection_lost").inc()
+                raise _unavailable(exc, {"attempts": attempt + 1}) from exc
             if attempt >= retries:
                 _FAILURES.labels(reason="retry_exhausted").inc()
                 raise Conflict(
