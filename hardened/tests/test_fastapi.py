@@ -2,9 +2,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
+from structlog.testing import capture_logs
 
 from hardened._context import correlation_id_var
-from hardened.errors import ConcurrentModification
+from hardened.errors import ConcurrentModification, DependencyUnavailable, HardenedError
 from hardened.fastapi import install_problem_handlers, lifespan
 
 
@@ -120,3 +121,48 @@ async def test_lifespan_runs_startup_hooks_and_closes_in_reverse() -> None:
     async with app.router.lifespan_context(app):
         events.append("serving")
     assert events == ["warm", "serving", "close cache", "close db"]
+
+
+class PoolTimeout(Exception):
+    """Stands in for a database driver's pool timeout."""
+
+
+def _pool_timeout(exc: BaseException) -> HardenedError | None:
+    if isinstance(exc, PoolTimeout):
+        return DependencyUnavailable(code="db.pool_timeout", retry_after=4)
+    return None
+
+
+@pytest.mark.anyio
+async def test_translate_maps_an_exception_fastapi_catches() -> None:
+    """translate= turns an escaped foreign exception into its library error, logged as a warning."""
+    app = FastAPI()
+    install_problem_handlers(app, translate=[lambda exc: None, _pool_timeout])
+
+    @app.get("/busy")
+    async def busy() -> None:
+        raise PoolTimeout
+
+    @app.get("/crash")
+    async def crash_route() -> None:
+        msg = "secret internals"
+        raise RuntimeError(msg)
+
+    with capture_logs() as logs:
+        async with _client(app) as client:
+            resp = await client.get("/busy")
+            crash = await client.get("/crash")
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "4"
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json()["code"] == "db.pool_timeout"
+    [refused] = [e for e in logs if e["event"] == "request.refused"]
+    assert (refused["log_level"], refused["code"], refused["status"]) == (
+        "warning",
+        "db.pool_timeout",
+        503,
+    )
+    assert crash.status_code == 500  # declined by every translator: the plain 500, as before
+    [failed] = [e for e in logs if e["event"] == "request.failed"]
+    assert (failed["log_level"], failed["path"]) == ("error", "/crash")
+    assert isinstance(failed["exc_info"], RuntimeError)

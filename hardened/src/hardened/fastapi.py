@@ -5,7 +5,11 @@ FastAPI's and Starlette's own errors (request validation, malformed JSON, 404,
 405) onto the same `hardened.errors` rendering, so a client sees one error
 format whichever layer refused. Unexpected exceptions are logged with the
 correlation id and answered with a bare 500 problem (the exception text only
-in debug mode).
+in debug mode), unless a ``translate`` function maps them to a library error
+(the same translators as `hardened.http.ErrorBoundaryMiddleware`, logged the
+same way). That handler runs in Starlette's ``ServerErrorMiddleware``, outside
+user middleware, which closes the connection after answering: install the
+boundary middleware too, and this handler only sees what escapes it.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from hardened.errors import (
     ValidationFailed,
     problem_for,
 )
+from hardened.http._boundary import log_exception, translate_exception
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from fastapi import FastAPI, Request
+
+    from hardened.http._boundary import Translator
 
 __all__ = [
     "client_ip",
@@ -84,8 +91,15 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     ]
 
 
-def install_problem_handlers(app: FastAPI, *, debug: bool = False) -> None:
-    """Route every error a FastAPI app can raise through the problem renderer."""
+def install_problem_handlers(
+    app: FastAPI, *, debug: bool = False, translate: Sequence[Translator] = ()
+) -> None:
+    """Route every error a FastAPI app can raise through the problem renderer.
+
+    ``translate``: functions mapping an unexpected exception to a library error
+    (first non-None wins), as for `hardened.http.ErrorBoundaryMiddleware`.
+    """
+    translators = tuple(translate)
 
     async def on_hardened(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HardenedError)  # noqa: S101 - registered for this type
@@ -125,6 +139,12 @@ def install_problem_handlers(app: FastAPI, *, debug: bool = False) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if translators:
+            error = translate_exception(exc, translators, log=_log)
+            if error is not None:
+                cid = _correlation_id(request)
+                log_exception(_log, exc, error, path=request.url.path, correlation_id=cid)
+                return problem_response(request, error, debug=debug)
         _log.error(
             "request.failed",
             path=request.url.path,

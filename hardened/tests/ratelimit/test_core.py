@@ -9,6 +9,7 @@ the twin. The sliding-window counter is cross-checked against ``limits``.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import types
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from hardened.stores import Script, ScriptArg
+    from hardened.stores._contracts import AtomicScripts
 
 pytestmark = pytest.mark.anyio
 
@@ -197,6 +199,8 @@ async def test_gcra_twin_matches_reference_model() -> None:
             if allowed:
                 tat = start + cost * interval
                 assert decision.results[0].reset_after == pytest.approx((tat - now) / 1e6)
+            elif cost * interval > capacity:  # above the burst: no wait would admit it
+                assert decision.impossible
             else:
                 wait = (start + cost * interval - capacity - now) / 1e6
                 assert decision.retry_after == pytest.approx(wait)
@@ -331,6 +335,92 @@ async def test_bad_input_is_refused(backend: Backend) -> None:
     assert (await limiter.check([])).allowed
 
 
+@dataclass
+class Counting:
+    """Passes scripts to a store and counts the round trips."""
+
+    store: AtomicScripts
+    calls: int = 0
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        self.calls += 1
+        return await self.store.run(script, keys, args)
+
+
+def outcomes(policy: str) -> dict[str, float]:
+    names = ("allowed", "limited", "impossible", "shadow_limited", "shadow_impossible")
+    return {
+        o: sample("hardened_ratelimit_decisions_total", {"policy": policy, "outcome": o})
+        for o in names
+    }
+
+
+def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+async def test_cost_above_capacity_is_impossible_without_a_round_trip(backend: Backend) -> None:
+    """A cost above a GCRA burst or a window limit is refused as impossible, no store call made."""
+    gcra = Policy("bulk", limit=10, period=60.0, burst=3)
+    window = Policy("exports", limit=5, period=3600.0, algorithm="sliding_window")
+    counting = Counting(backend.store)
+    limiter = RateLimiter(counting, namespace=f"rl-{uuid.uuid4().hex[:8]}")
+    before = {p.name: outcomes(p.name) for p in (gcra, window)}
+    for policy, cost in ((gcra, 4), (window, 6)):
+        for _ in range(3):
+            refused = await limiter.check([(policy, "k")], cost=cost)
+            assert (refused.allowed, refused.impossible, refused.store_failed) == (
+                False,
+                True,
+                False,
+            )
+            assert refused.violated is refused.results[0]
+            assert refused.results[0].impossible
+            assert refused.retry_after == math.inf
+    assert counting.calls == 0
+    # The refusals consumed nothing: the whole capacity is still there, and taking it works.
+    full = [await limiter.check([(p, "k")], cost=p.max_cost) for p in (gcra, window)]
+    assert [(d.allowed, d.results[0].remaining) for d in full] == [(True, 0), (True, 0)]
+    # A cost that fits but finds no room now is the ordinary, retryable refusal.
+    later = await limiter.check([(gcra, "k")], cost=3)
+    assert (later.allowed, later.impossible) == (False, False)
+    assert 0 < later.retry_after < math.inf
+    assert counting.calls == 3
+    after = {p.name: outcomes(p.name) for p in (gcra, window)}
+    assert delta(before["bulk"], after["bulk"]) == {"impossible": 3, "allowed": 1, "limited": 1}
+    assert delta(before["exports"], after["exports"]) == {"impossible": 3, "allowed": 1}
+
+
+async def test_impossible_policy_among_several_reads_and_takes_nothing(backend: Backend) -> None:
+    """One policy that can never admit the cost refuses the request; the others are untouched."""
+    counting = Counting(backend.store)
+    limiter = RateLimiter(counting, namespace=f"rl-{uuid.uuid4().hex[:8]}")
+    hits = [(IP, "1.2.3.4"), (USER, "u1"), (TENANT, "t1")]
+    refused = await limiter.check(hits, cost=3)  # USER allows 2 per minute: never 3
+    assert (refused.allowed, refused.impossible) == (False, True)
+    assert refused.violated is not None
+    assert refused.violated.policy is USER
+    assert [r.impossible for r in refused.results] == [False, True, False]
+    assert counting.calls == 0
+    alone = await limiter.check([(IP, "1.2.3.4"), (TENANT, "t1")], cost=3)
+    assert [r.remaining for r in alone.results] == [7, 7]
+
+
+async def test_shadow_policy_reports_an_impossible_cost_without_blocking(backend: Backend) -> None:
+    """A shadow policy below the cost reports impossible (never a retry time) and never blocks."""
+    shadow = Policy("trial-bulk", limit=2, period=60.0, shadow=True)
+    limiter = backend.limiter()
+    before = outcomes("trial-bulk")
+    both = await limiter.check([(shadow, "k"), (IP, "k")], cost=3)
+    alone = await limiter.check([(shadow, "k")], cost=3)
+    for decision in (both, alone):
+        assert (decision.allowed, decision.impossible, decision.violated) == (True, False, None)
+        assert decision.results[0].impossible
+        assert decision.results[0].retry_after == math.inf
+    assert both.results[1].remaining == 7  # the enforced policy admitted and consumed
+    assert delta(before, outcomes("trial-bulk")) == {"shadow_impossible": 2}
+
+
 # -- round trips and outages ---------------------------------------------------------
 
 
@@ -392,3 +482,17 @@ async def test_store_down_applies_each_fail_mode() -> None:
     assert sample("hardened_ratelimit_store_errors_total", {}) == before + 2
     failed = {"policy": "strict", "outcome": "failed_closed"}
     assert sample("hardened_ratelimit_decisions_total", failed) >= 1
+
+
+async def test_impossible_cost_is_refused_even_with_the_store_down() -> None:
+    """With Redis unreachable an impossible cost is still refused as impossible, not failed open."""
+    store = RedisStore.from_url("redis://127.0.0.1:1/0", timeout=0.2)
+    limiter = RateLimiter(store)
+    lenient = Policy("lenient-bulk", limit=5, period=60.0, fail_mode="open")
+    before = sample("hardened_ratelimit_store_errors_total", {})
+    try:
+        decision = await limiter.check([(lenient, "k")], cost=6)
+    finally:
+        await store.aclose()
+    assert (decision.allowed, decision.impossible, decision.store_failed) == (False, True, False)
+    assert sample("hardened_ratelimit_store_errors_total", {}) == before

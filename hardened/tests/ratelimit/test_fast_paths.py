@@ -43,6 +43,26 @@ async def test_unrolled_check_decides_like_the_general_path(seed: int) -> None:
         clock.now += rng.choice((0.0, 0.0, 0.050003, 0.4, 1.5, 7.000211))
 
 
+@pytest.mark.parametrize("seed", range(3))
+async def test_unrolled_check_refuses_impossible_costs_like_the_general_path(seed: int) -> None:
+    """Costs at and above each policy's capacity: the unrolled check equals _check_many."""
+    rng = random.Random(seed)
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    fast = RateLimiter(store, namespace="fast")
+    general = RateLimiter(store, namespace="general")
+    impossible = 0
+    for step in range(200):
+        policy = rng.choice(POLICIES)
+        cost = rng.choice((1, policy.max_cost, policy.max_cost + 1, 50))
+        expected = await general._check_many([(policy, "k")], cost)
+        got = await fast.check([(policy, "k")], cost=cost)
+        assert got == expected, (seed, step)
+        impossible += got.results[0].impossible
+        clock.now += rng.choice((0.0, 0.4, 7.000211))
+    assert impossible > 0
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_unrolled_twin_matches_the_general_twin(seed: int) -> None:
     """One GCRA hit through _check's unrolled branch: same reply, value and TTL as _check_all."""

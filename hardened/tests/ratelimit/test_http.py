@@ -19,15 +19,18 @@ from hardened.http._proxy import TrustedProxies
 from hardened.http._request_id import RequestIdMiddleware
 from hardened.ratelimit._core import Decision, Policy, PolicyResult, RateLimiter
 from hardened.ratelimit._http import (
+    CostExceedsLimit,
     RateLimitMiddleware,
     Rule,
     by_header,
     by_ip,
     by_route,
     by_state,
+    enforce,
     policy_header,
     rate_limit,
     ratelimit_header,
+    ratelimit_headers,
 )
 from hardened.stores import RedisStore
 from hardened.stores.memory import MemoryStore
@@ -439,3 +442,65 @@ async def test_three_policies_over_http_are_one_redis_command(redis_url: str) ->
     remaining = {n: p["r"] for n, p in parse_sf_list(bob.headers["ratelimit"])}
     # alice's refused third request took nothing from the IP or tenant quotas.
     assert remaining == {"ip": 97, "user": 1, "tenant": 997}
+
+
+@pytest.mark.anyio
+async def test_cost_above_capacity_is_a_422_without_retry_hint() -> None:
+    """A cost the policy can never admit is a 422 problem: no Retry-After, no RateLimit fields."""
+    limiter = RateLimiter(MemoryStore())
+    exports = Policy("exports", 5, 60, algorithm="sliding_window")
+    rules = [Rule("/", ((exports, by_ip),))]
+
+    def cost(scope: Scope) -> int:
+        return int(dict(scope["headers"]).get(b"x-cost", b"1"))
+
+    app = RequestIdMiddleware(RateLimitMiddleware(hello, limiter=limiter, rules=rules, cost=cost))
+    with capture_logs() as logs:
+        async with client(app) as c:
+            refused = await c.get("/", headers={"x-cost": "6"})
+            full = await c.get("/", headers={"x-cost": "5"})
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "retry-after" not in refused.headers
+    assert "ratelimit" not in refused.headers
+    assert "ratelimit-policy" not in refused.headers
+    body = refused.json()
+    assert body["code"] == "ratelimit.cost_exceeds_limit"
+    assert (body["violated_policy"], body["cost"], body["max_cost"]) == ("exports", 6, 5)
+    assert body["correlation_id"] == refused.headers["x-request-id"]
+    # The refusal consumed nothing: the whole quota is still there.
+    assert full.status_code == 200
+    assert parse_sf_list(full.headers["ratelimit"])[0][1]["r"] == 0
+    [event] = [e for e in logs if e["event"] == "ratelimit.impossible"]
+    assert (event["policy"], event["cost"], event["max_cost"]) == ("exports", 6, 5)
+    assert not [e for e in logs if e["event"] == "ratelimit.limited"]
+
+
+@pytest.mark.anyio
+async def test_enforce_raises_cost_exceeds_limit_and_dependency_renders_it() -> None:
+    """A cost above the burst: enforce raises CostExceedsLimit, the dependency renders a 422."""
+    from fastapi import Depends, FastAPI
+
+    from hardened.fastapi import install_problem_handlers
+
+    limiter = RateLimiter(MemoryStore())
+    bulk = Policy("bulk", 100, 60, burst=3)
+    with pytest.raises(CostExceedsLimit) as raised:
+        await enforce(limiter, [(bulk, "k")], cost=4)
+    assert (raised.value.status, raised.value.code) == (422, "ratelimit.cost_exceeds_limit")
+    assert raised.value.headers == {}
+    assert await enforce(limiter, [(bulk, "k")], cost=3)  # the capacity itself is admitted
+    decision = await limiter.check([(bulk, "k")], cost=4)
+    assert ratelimit_headers(decision) == {}  # stand-ins are never advertised
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.post("/imports", dependencies=[Depends(rate_limit(limiter, (bulk, by_ip), cost=4))])
+    async def imports() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    async with client(app) as c:
+        resp = await c.post("/imports")
+    assert resp.status_code == 422
+    assert resp.json()["code"] == "ratelimit.cost_exceeds_limit"
+    assert "retry-after" not in resp.headers

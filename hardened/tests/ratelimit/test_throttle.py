@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING
 
 import pytest
 
 from hardened.errors import StoreUnavailable
-from hardened.ratelimit import Policy, QuotaExceeded, RateLimiter, Throttle
+from hardened.ratelimit import CostExceedsLimit, Policy, QuotaExceeded, RateLimiter, Throttle
 from hardened.stores import MemoryStore, RedisStore
 from hardened.testing import ManualClock, scratch_redis_store
 
@@ -54,6 +55,18 @@ async def test_check_reports_instead_of_raising(limiter: RateLimiter) -> None:
     decisions = [await throttle.check("socket-1") for _ in range(5)]
     assert [d.allowed for d in decisions] == [True, True, True, False, False]
     assert decisions[-1].retry_after > 0
+
+
+async def test_cost_above_the_limit_is_reported_and_refused(limiter: RateLimiter) -> None:
+    """A batch larger than the limit: check says impossible, acquire raises CostExceedsLimit."""
+    throttle = Throttle(limiter, (SMS,))
+    decision = await throttle.check("a", cost=11)
+    assert (decision.allowed, decision.impossible, decision.retry_after) == (False, True, math.inf)
+    with pytest.raises(CostExceedsLimit) as refused:
+        await throttle.acquire("a", cost=11, what="campaign")
+    assert (refused.value.violated_policy, refused.value.max_cost) == ("sms", 10)
+    assert refused.value.status == 422
+    assert (await throttle.check("a", cost=10)).allowed  # nothing was consumed
 
 
 async def test_keys_must_match_the_policies(limiter: RateLimiter) -> None:

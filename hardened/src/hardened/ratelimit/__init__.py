@@ -6,10 +6,16 @@ allow), per-policy fail modes and shadow mode, and the HTTP layer: pure-ASGI
 middleware, a FastAPI dependency and the IETF ``RateLimit-Policy`` /
 ``RateLimit`` headers, and `Throttle` for the same limits outside HTTP
 (WebSocket messages, outbound sends, job enqueues).
+
+Error codes: ``ratelimit.quota-exceeded`` (429 `QuotaExceeded`, with
+``Retry-After``) and ``ratelimit.cost_exceeds_limit`` (422 `CostExceedsLimit`:
+a cost above what a policy can ever admit, so no retry hint); a fail-closed
+policy without its store refuses with ``store.unavailable`` (503).
 """
 
 from hardened.ratelimit._core import Algorithm, Decision, Policy, PolicyResult, RateLimiter
 from hardened.ratelimit._http import (
+    CostExceedsLimit,
     Keyer,
     QuotaExceeded,
     RateLimitMiddleware,
@@ -29,6 +35,7 @@ from hardened.ratelimit._throttle import Throttle
 
 __all__ = [
     "Algorithm",
+    "CostExceedsLimit",
     "Decision",
     "Keyer",
     "Policy",

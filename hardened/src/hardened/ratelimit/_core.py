@@ -32,18 +32,33 @@ Keys and Redis Cluster: every key of a limiter lives under one hash tag,
 one script on one slot. The trade-off: one namespace is one shard's load;
 spread load with several limiters (namespaces), e.g. one per tenant group.
 
+Impossible costs: a request costing more than a policy's capacity
+(`Policy.max_cost`: the burst for GCRA, the limit for a sliding window) can
+never be admitted, at any moment, for any key, so waiting is no answer and a
+finite ``retry_after`` would invite a retry loop. Such a policy refuses with
+``retry_after`` = ``math.inf`` (`PolicyResult.impossible`,
+`Decision.impossible`). The comparison is made per policy before the store is
+asked (the capacity is derived once, in `_Entry`): a request an enforced
+policy can never admit costs no round trip, takes and reads nothing, and is
+refused the same way when the store is down (a fail-open policy must not admit
+what it never could). Its other policies are not evaluated; their results are
+stand-ins (allowed, full quota), as after a store failure. A shadow policy
+below the cost still goes to the store with the rest of the request and only
+reports ``impossible``. Cost 1 never reaches the comparison (every capacity is
+at least 1), so the hot path is unchanged.
+
 Failure: `StoreUnavailable` applies each policy's ``fail_mode`` (open:
 allowed with full quota; closed: refused, ``retry_after`` 1 s), sets
-``store_failed`` and never raises. A cost above a sliding-window limit is
-never allowed (``retry_after`` = period). Metrics:
+``store_failed`` and never raises. Metrics:
 ``hardened_ratelimit_decisions_total{policy,outcome}`` (allowed, limited,
-shadow_limited, failed_open, failed_closed),
+impossible, shadow_limited, shadow_impossible, failed_open, failed_closed),
 ``hardened_ratelimit_near_limit_total{policy}`` (remaining <= 20 %),
 ``hardened_ratelimit_store_errors_total``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields
 from importlib.resources import files
@@ -70,6 +85,7 @@ _Res = tuple[int, int, int, int, int, int, "tuple[int, ...] | None"]
 _NAME = re.compile(r"[a-z0-9_.-]+")
 _ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
 _MAX_PRODUCT = 2**52  # keeps every Lua (double) product exact
+_NEVER = math.inf  # the retry_after of a cost a policy can never admit
 
 # Counted in process and exported on scrape (fast_counter): a Counter's lock was a
 # tenth of a MemoryStore decision. Same names, labels and type as Counters.
@@ -114,6 +130,11 @@ class Policy:
         if (max(self.limit, self.burst or 0) + 1) * round(self.period * _US) >= _MAX_PRODUCT:
             raise ValueError("limit * period too large for exact arithmetic")
 
+    @property
+    def max_cost(self) -> int:
+        """The largest cost a request can ever be admitted with: the GCRA burst, else the limit."""
+        return self.burst or self.limit
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyResult:
@@ -124,6 +145,11 @@ class PolicyResult:
     remaining: int
     reset_after: float
     retry_after: float
+
+    @property
+    def impossible(self) -> bool:
+        """Whether this policy can never admit the request's cost (``retry_after`` is inf)."""
+        return not self.allowed and self.retry_after == _NEVER
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +164,16 @@ class Decision:
 
     @property
     def retry_after(self) -> float:
-        """Seconds until the violated policy would allow this request (0 when allowed)."""
+        """Seconds until the violated policy would allow this request (0 when allowed).
+
+        ``math.inf`` when the request is `impossible`: no wait will do.
+        """
         return 0.0 if self.violated is None else self.violated.retry_after
+
+    @property
+    def impossible(self) -> bool:
+        """Whether an enforced policy can never admit this cost: refused, retrying is futile."""
+        return self.violated is not None and self.violated.retry_after == _NEVER
 
     @property
     def near_limit(self) -> bool:
@@ -309,6 +343,7 @@ class _Entry:
         "args1",
         "decisions",
         "limited",
+        "max_cost",
         "near",
         "params",
         "policy",
@@ -329,6 +364,7 @@ class _Entry:
             self.params = (b"2", shadow, limit, b"%d" % period_us, b"0")
             infix = "s"
         self.policy = policy
+        self.max_cost = policy.max_cost  # a higher cost is refused before the store is asked
         self.prefix = f"{namespace_prefix}{policy.name}:{infix}:"
         self.args1 = (b"1", *self.params)  # the whole ARGV of a one-hit check at cost 1
         # Resolve the metric series once: a decision only calls their incrementers.
@@ -354,7 +390,15 @@ def _failed(policy: Policy) -> PolicyResult:
     return PolicyResult(policy, allowed=False, remaining=0, reset_after=1.0, retry_after=1.0)
 
 
-_OUTCOMES = ("allowed", "limited", "shadow_limited", "failed_open", "failed_closed")
+_OUTCOMES = (
+    "allowed",
+    "limited",
+    "impossible",
+    "shadow_limited",
+    "shadow_impossible",
+    "failed_open",
+    "failed_closed",
+)
 _BY_ID_MAX = 1024
 
 
@@ -385,7 +429,9 @@ class RateLimiter:
         """The store key holding ``policy``'s counter for ``key``."""
         return self._entry(policy).prefix + _escape(key)
 
-    async def check(self, hits: Sequence[tuple[Policy, str]], *, cost: int = 1) -> Decision:
+    async def check(  # noqa: PLR0912 - the one-hit path is unrolled on purpose
+        self, hits: Sequence[tuple[Policy, str]], *, cost: int = 1
+    ) -> Decision:
         """Evaluate every hit in one round trip; consume only if all enforced policies allow."""
         if (
             cost.__class__ is not int and (isinstance(cost, bool) or not isinstance(cost, int))
@@ -396,7 +442,13 @@ class RateLimiter:
             entry = self._by_id.get(id(policy))
             if entry is None or entry.policy is not policy:
                 entry = self._entry(policy)
-            args: tuple[bytes, ...] = entry.args1 if cost == 1 else (b"%d" % cost, *entry.params)
+            args: tuple[bytes, ...]
+            if cost == 1:
+                args = entry.args1
+            elif cost > entry.max_cost:  # can never be admitted: the general path says so
+                return await self._check_many(hits, cost)
+            else:
+                args = (b"%d" % cost, *entry.params)
             if "%" in key or ":" in key or "{" in key or "}" in key:  # _escape(), inlined
                 key = key.translate(_ESCAPES)
             try:
@@ -443,6 +495,9 @@ class RateLimiter:
         keys = [entry.prefix + _escape(key) for entry, (_, key) in zip(entries, hits, strict=True)]
         if len(set(keys)) != len(keys):
             raise ValueError("the same (policy, key) appears twice in one check")
+        over = cost > 1 and any(cost > entry.max_cost for entry in entries)
+        if over and any(cost > e.max_cost and not e.policy.shadow for e in entries):
+            return self._impossible(entries, cost)
         argv: list[bytes] = [b"%d" % cost]
         for entry in entries:
             argv += entry.params
@@ -465,7 +520,44 @@ class RateLimiter:
                 )
             )
             j += 4
+        if over:  # a shadow policy below the cost: no wait admits it, whatever the store says
+            for i, (r, entry) in enumerate(zip(results, entries, strict=True)):
+                if cost > entry.max_cost:
+                    results[i] = _result(
+                        r.policy,
+                        allowed=False,
+                        remaining=r.remaining,
+                        reset_after=r.reset_after,
+                        retry_after=_NEVER,
+                    )
         return self._decide(tuple(results), failed=False, entries=entries)
+
+    def _impossible(self, entries: Sequence[_Entry], cost: int) -> Decision:
+        """An enforced policy can never admit ``cost``: refused without asking the store.
+
+        Only the policies below the cost are counted; the others were not evaluated
+        and get the fail-open stand-in (never advertised: see `ratelimit_headers`).
+        """
+        results = []
+        violated: PolicyResult | None = None
+        for entry in entries:
+            policy = entry.policy
+            if cost > entry.max_cost:
+                result = _result(
+                    policy, allowed=False, remaining=0, reset_after=0.0, retry_after=_NEVER
+                )
+                entry.decisions["shadow_impossible" if policy.shadow else "impossible"]()
+                if violated is None and not policy.shadow:
+                    violated = result
+            else:
+                result = _result(
+                    policy, allowed=True, remaining=policy.limit, reset_after=0.0, retry_after=0.0
+                )
+            results.append(result)
+        refused = tuple(results)
+        return _decision(
+            allowed=False, results=refused, violated=violated, restrictive=violated, failed=False
+        )
 
     def _decide(
         self,
@@ -485,6 +577,8 @@ class RateLimiter:
                 outcome = "failed_open" if r.allowed else "failed_closed"
             elif r.allowed:
                 outcome = "allowed"
+            elif r.retry_after == _NEVER:
+                outcome = "shadow_impossible" if policy.shadow else "impossible"
             else:
                 outcome = "shadow_limited" if policy.shadow else "limited"
             entry.decisions[outcome]()

@@ -24,6 +24,15 @@ violated policy. A fail-closed refusal caused by an unreachable store is a 503
 failure no RateLimit fields are sent: the numbers would be the fail modes' guesses. The event
 ``ratelimit.limited`` logs the policy and path, and the key only as a hash.
 
+A cost the policy can never admit (above its burst or limit, `Decision.impossible`)
+is `CostExceedsLimit`: a 422 problem ``ratelimit.cost_exceeds_limit`` naming the
+policy, the cost and the largest admissible cost, without ``Retry-After`` and
+without RateLimit fields. Why 422 and not 429: the request is not early, it is
+unservable as made, and a 429 tells clients (and their retry libraries) to come
+back; one without ``Retry-After`` invites blind retries that can never succeed.
+The client must split or shrink the request, so it is a client error that does
+not say "retry", and it is no `RateLimited`. Logged as ``ratelimit.impossible``.
+
 The client IP comes only from the trusted-proxy rule (``ClientIPMiddleware``);
 ``X-Forwarded-For`` is never read here.
 """
@@ -42,7 +51,7 @@ import structlog
 
 from hardened._context import client_ip_var
 from hardened._types import Scope
-from hardened.errors import RateLimited, StoreUnavailable
+from hardened.errors import RateLimited, StoreUnavailable, ValidationFailed
 from hardened.http._paths import PathPattern
 from hardened.http._problem import send_problem
 
@@ -53,6 +62,7 @@ if TYPE_CHECKING:
     from hardened.ratelimit._core import Decision, Policy, PolicyResult, RateLimiter
 
 __all__ = [
+    "CostExceedsLimit",
     "Keyer",
     "QuotaExceeded",
     "RateLimitMiddleware",
@@ -100,6 +110,30 @@ class QuotaExceeded(RateLimited):
 
     def extensions(self) -> dict[str, Any]:
         return {"violated_policy": self.violated_policy}
+
+
+class CostExceedsLimit(ValidationFailed):
+    """422: the request costs more than the policy could ever admit; retrying cannot help."""
+
+    code = "ratelimit.cost_exceeds_limit"
+    title = "Cost exceeds the rate limit"
+
+    def __init__(
+        self, detail: str | None = None, *, violated_policy: str, cost: int, max_cost: int
+    ) -> None:
+        super().__init__(
+            detail, context={"policy": violated_policy, "cost": cost, "max_cost": max_cost}
+        )
+        self.violated_policy = violated_policy
+        self.cost = cost
+        self.max_cost = max_cost
+
+    def extensions(self) -> dict[str, Any]:
+        return {
+            "violated_policy": self.violated_policy,
+            "cost": self.cost,
+            "max_cost": self.max_cost,
+        }
 
 
 # -- key functions -------------------------------------------------------------------------
@@ -164,7 +198,8 @@ def _sf_string(value: str) -> str:
 
 
 def _sf_int(value: float) -> int:
-    return max(0, min(_MAX_SF_INT, math.ceil(value)))
+    # min() before ceil(): an infinite retry_after (an impossible cost) clamps, never raises.
+    return max(0, math.ceil(min(_MAX_SF_INT, value)))
 
 
 def _window(policy: Policy) -> int:
@@ -281,8 +316,11 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
     """Both fields for a decision; empty when no enforced policy applied or the store failed.
 
     After a store failure the results are the fail modes' stand-ins (full quota or a
-    1 s refusal), not real quota state, so advertising them would mislead clients.
+    1 s refusal), not real quota state, so advertising them would mislead clients;
+    so are those of an impossible decision, which never asked the store.
     """
+    if not decision.allowed and decision.impossible:
+        return {}
     pairs = _header_list(decision)
     if not pairs:
         return {}
@@ -342,8 +380,26 @@ def _key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _refusal(decision: Decision, hits: Sequence[tuple[Policy, str]], path: str) -> Exception:
+def _refusal(
+    decision: Decision, hits: Sequence[tuple[Policy, str]], path: str, cost: int
+) -> Exception:
     violated = decision.violated
+    if violated is not None and violated.impossible:
+        policy = violated.policy
+        structlog.get_logger("hardened.ratelimit").info(
+            "ratelimit.impossible",
+            policy=policy.name,
+            path=path,
+            cost=cost,
+            max_cost=policy.max_cost,
+        )
+        return CostExceedsLimit(
+            f"This request costs {cost}; quota {policy.name!r} admits at most "
+            f"{policy.max_cost} at once.",
+            violated_policy=policy.name,
+            cost=cost,
+            max_cost=policy.max_cost,
+        )
     if violated is None or decision.store_failed:
         # A fail-closed policy refused because the store is down: the client is not at fault.
         structlog.get_logger("hardened.ratelimit").warning(
@@ -374,13 +430,14 @@ async def enforce(
 ) -> dict[str, str]:
     """Check ``hits`` in one step: the RateLimit headers to send, or the refusal raised.
 
-    The refusal is `QuotaExceeded` (429, headers attached) or, when a fail-closed
-    policy lost its store, `StoreUnavailable` (503). For callers whose keys come
+    The refusal is `QuotaExceeded` (429, headers attached), `CostExceedsLimit`
+    (422) for a cost a policy can never admit, or, when a fail-closed policy lost
+    its store, `StoreUnavailable` (503). For callers whose keys come
     from somewhere the keyers cannot see, such as an account in a request body.
     """
     decision = await limiter.check(hits, cost=cost)
     if not decision.allowed:
-        raise _refusal(decision, hits, path)
+        raise _refusal(decision, hits, path, cost)
     return ratelimit_headers(decision)
 
 
@@ -461,7 +518,8 @@ class RateLimitMiddleware:
         cost = self.cost(scope) if self.cost is not None else 1
         decision = await self.limiter.check(hits, cost=cost)
         if not decision.allowed:
-            await send_problem(scope, send, _refusal(decision, hits, path), debug=self.debug)
+            refusal = _refusal(decision, hits, path, cost)
+            await send_problem(scope, send, refusal, debug=self.debug)
             return
         extra = _header_list(decision)
         if not extra:
@@ -486,7 +544,7 @@ def rate_limit(
     """A FastAPI dependency (``Depends(rate_limit(...))``) checking ``limits`` for the route.
 
     On success the RateLimit headers are set on the response; on refusal it raises
-    `QuotaExceeded` (a `RateLimited`) carrying them, rendered by
+    `QuotaExceeded` (a `RateLimited`) carrying them, or `CostExceedsLimit`, rendered by
     ``hardened.fastapi.install_problem_handlers``. Here routing has run, so
     `by_route` keys on the route template.
     """

@@ -8,9 +8,12 @@ order (a tenant id for the tenant policy, a user id for the user policy…).
 
 Refusals are the HTTP layer's exceptions, so a route that triggers a send
 renders them unchanged: `QuotaExceeded` (429, with the violated policy and
-``retry_after``) or, when a fail-closed policy lost its store,
-`StoreUnavailable`. Code that must not raise (a socket loop deciding whether
-to drop a message) calls `Throttle.check` and reads the `Decision`.
+``retry_after``), `CostExceedsLimit` (422: a cost above what a policy can ever
+admit, e.g. a 500-message batch under "100 per minute"; split it) or, when a
+fail-closed policy lost its store, `StoreUnavailable`. Code that must not raise
+(a socket loop deciding whether to drop a message) calls `Throttle.check` and
+reads the `Decision`: ``impossible`` there means drop or split, never wait
+(``retry_after`` is ``math.inf``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class Throttle:
         return await self.limiter.check(self._hits(keys), cost=cost)
 
     async def acquire(self, *keys: str, cost: int = 1, what: str = "") -> dict[str, str]:
-        """Consume ``cost`` or raise `QuotaExceeded` / `StoreUnavailable`; returns headers."""
+        """Consume ``cost`` or raise the refusal (see the module docstring); returns headers."""
         return await enforce(self.limiter, self._hits(keys), cost=cost, path=what)
 
     def limit(
