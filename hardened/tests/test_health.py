@@ -2,6 +2,7 @@ import asyncio
 
 import pytest
 
+from hardened.http import Drain
 from hardened.observability import Health, check
 
 
@@ -43,3 +44,22 @@ async def test_hung_critical_check_times_out_unavailable() -> None:
     result = await Health([check("db", _hang)], timeout=0.05).ready()
     assert (result.status, result.http_status) == ("unavailable", 503)
     assert "timed out" in (result.checks[0].error or "")
+
+
+@pytest.mark.anyio
+async def test_draining_is_unready_without_running_checks() -> None:
+    """Once its drain started, readiness is 503 draining and no dependency is probed."""
+    calls = 0
+
+    async def counted() -> None:
+        nonlocal calls
+        calls += 1
+
+    drain = Drain()
+    health = Health([check("db", counted)], drain=drain)
+    assert (await health.ready()).http_status == 200
+    drain.start()
+    result = await health.ready()
+    assert (result.status, result.http_status) == ("draining", 503)
+    assert result.as_dict() == {"status": "draining", "checks": {}}
+    assert calls == 1

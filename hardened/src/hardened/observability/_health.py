@@ -5,7 +5,10 @@ otherwise). Readiness runs every check concurrently, each under its own
 timeout, so one hung dependency cannot hang the probe: a failing *critical*
 check makes the service unavailable (503); a failing non-critical one reports
 ``degraded`` with 200, because the service still serves (e.g. a cache that
-fails open).
+fails open). A `Health` given a `hardened.http.Drain` reports ``draining``
+with 503 as soon as the drain starts, without running the checks: the process
+is on its way out, and the load balancer must stop sending it work while it
+still answers what it already has.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from hardened.http._drain import Drain
+
 __all__ = ["CheckResult", "Health", "HealthCheck", "Readiness", "check"]
 
-Status = Literal["ok", "degraded", "unavailable"]
+Status = Literal["ok", "degraded", "unavailable", "draining"]
 
 
 class HealthCheck(Protocol):
@@ -65,7 +70,7 @@ class Readiness:
 
     @property
     def http_status(self) -> int:
-        return 503 if self.status == "unavailable" else 200
+        return 503 if self.status in {"unavailable", "draining"} else 200
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,10 +89,11 @@ class Readiness:
 
 @dataclass(slots=True)
 class Health:
-    """The set of readiness checks of one service."""
+    """The set of readiness checks of one service, and the drain that overrides them."""
 
     checks: Sequence[HealthCheck] = field(default_factory=list)
     timeout: float = 2.0
+    drain: Drain | None = None
 
     async def _run(self, probe: HealthCheck) -> CheckResult:
         start = time.perf_counter()
@@ -104,7 +110,9 @@ class Health:
         return CheckResult(probe.name, error is None, probe.critical, elapsed, error)
 
     async def ready(self) -> Readiness:
-        """Run every check concurrently and summarise."""
+        """Run every check concurrently and summarise (``draining`` once the drain started)."""
+        if self.drain is not None and self.drain.draining:
+            return Readiness("draining", ())
         results = tuple(await asyncio.gather(*(self._run(c) for c in self.checks)))
         if any(not r.ok and r.critical for r in results):
             status: Status = "unavailable"
