@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from hardened.http._hosts import TrustedHostMiddleware, TrustedHosts
+from hardened.http._hosts import TrustedHostMiddleware, TrustedHosts, host_name
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -138,3 +138,24 @@ def test_from_strings_ignores_blank_entries() -> None:
     assert hosts.allowed == ("api.example.com", "*.example.com")
     assert hosts.allows("x.example.com:1")
     assert not hosts.allows("example.com")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("api.example.com", "api.example.com"),
+        (" API.Example.COM ", "api.example.com"),
+        ("api.example.com.", "api.example.com"),
+        ("api.example.com.:8443", "api.example.com"),
+        ("localhost:8000", "localhost"),
+        ("[::1]:8000", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("api.example.com:80x", None),
+        ("api.example.com@evil.com", None),
+        ("[nope]", None),
+        ("", None),
+    ],
+)
+def test_host_name_is_the_one_parser_of_host_values(value: str, expected: str | None) -> None:
+    """host_name drops port, case and a trailing dot; malformed values are None."""
+    assert host_name(value) == expected

@@ -292,6 +292,30 @@ def test_config_refuses_nonsense() -> None:
     assert IdempotencyConfig(lease=9.0).heartbeat_interval == 3.0
 
 
+def test_default_lease_is_five_seconds() -> None:
+    """A crashed holder's operation is retryable after 5 s by default, renewed every third."""
+    config = IdempotencyConfig()
+    assert config.lease == 5.0
+    assert config.heartbeat_interval == pytest.approx(5.0 / 3)
+
+
+async def test_result_with_a_lone_surrogate_is_stored_and_replayed() -> None:
+    """The default JSON encoding is total: a lone surrogate in a result does not rerun the body."""
+    idem = Idempotent(StoreBackend(MemoryStore()))
+    runs = 0
+
+    @idempotent(idem, key=lambda ref: f"name:{ref}")
+    async def name(ref: str) -> dict[str, str]:
+        nonlocal runs
+        runs += 1
+        return {"name": "bad\ud800"}
+
+    ref = uuid.uuid4().hex
+    assert await name(ref) == {"name": "bad\ud800"}
+    assert await name(ref) == {"name": "bad\ud800"}
+    assert runs == 1
+
+
 # -- round trips ------------------------------------------------------------------------
 
 

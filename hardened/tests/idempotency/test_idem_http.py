@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -18,7 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
+from hardened.errors import Forbidden, StoreUnavailable, Unauthorized
 from hardened.fastapi import install_problem_handlers
+from hardened.http import Credentials, Identity, IdentityMiddleware
 from hardened.http._request_id import RequestIdMiddleware
 from hardened.idempotency import (
     HttpIdempotencyConfig,
@@ -155,8 +158,12 @@ def guarded(
 
 
 def client(app: Any) -> httpx.AsyncClient:
+    """An API client that keeps no cookies: a Cookie header is part of the default scope."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://shop.example")
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://shop.example", cookies=no_cookies
+    )
 
 
 def key() -> dict[str, str]:
@@ -460,8 +467,8 @@ def test_credential_headers_cannot_be_configured_for_replay() -> None:
             HttpIdempotencyConfig(replay_headers=frozenset({"content-type", name}))
 
 
-async def test_oversized_response_is_not_stored_and_is_released() -> None:
-    """A response above max_stored_bytes reaches the client whole but is released, not stored."""
+async def test_oversized_response_leaves_a_marker_so_the_retry_never_reruns() -> None:
+    """A response above max_stored_bytes reaches the client whole; retries get a 410, no rerun."""
     shop = Shop()
     headers = key()
     before = metric("not_stored")
@@ -470,11 +477,112 @@ async def test_oversized_response_is_not_stored_and_is_released() -> None:
         async with client(guarded(shop, backend, max_stored_bytes=4096)) as c:
             first = await c.post("/big", json={}, headers=headers)
             second = await c.post("/big", json={}, headers=headers)
+            third = await c.post("/big", json={}, headers=headers)
     assert first.content == b"x" * 5000 + b"1"
-    assert second.content == b"x" * 5000 + b"2"
-    assert shop.runs == {"big": 2}
-    assert metric("not_stored") == before + 2
-    assert [e["event"] for e in logs].count("idempotency.not_stored") == 2
+    assert "idempotent-replayed" not in first.headers
+    for retry in (second, third):
+        body = assert_problem(retry, 410, "idempotency.response_not_kept")
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert "executed" in body["detail"]
+        assert "too large" in body["detail"]
+        assert body["original_status"] == 200
+    assert shop.runs == {"big": 1}
+    assert metric("not_stored") == before + 1
+    assert [e["event"] for e in logs].count("idempotency.not_stored") == 1
+
+
+async def test_401_and_403_are_never_stored_whatever_the_config() -> None:
+    """A 401 or 403 raised in the route releases its key: the caller's retry after login runs."""
+    runs: dict[str, int] = {}
+
+    def counted(name: str) -> int:
+        runs[name] = runs.get(name, 0) + 1
+        return runs[name]
+
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.post("/pay")
+    async def pay() -> dict[str, int]:
+        n = counted("pay")
+        if n == 1:
+            raise Unauthorized("The session was signed out.", code="auth.token_revoked")
+        return {"paid": n}
+
+    @app.post("/admin")
+    async def admin() -> dict[str, int]:
+        n = counted("admin")
+        if n == 1:
+            raise Forbidden("Not your shop.")
+        return {"admin": n}
+
+    def same_caller(scope: Scope) -> tuple[str | None, str | None]:
+        return "shop-1", "user:1"  # a fresh login is the same principal
+
+    for config in ({}, {"store_server_errors": True}):
+        runs.clear()
+        middleware = IdempotencyMiddleware(
+            app,
+            backend=StoreBackend(MemoryStore()),
+            secret=SECRET,
+            rules=(IdempotentRoute("/"),),
+            config=HttpIdempotencyConfig(scope_of=same_caller, **config),
+        )
+        async with client(RequestIdMiddleware(middleware)) as c:
+            h, g = key(), key()
+            revoked = await c.post("/pay", headers={**h, "authorization": "Bearer old"})
+            paid = await c.post("/pay", headers={**h, "authorization": "Bearer new"})
+            replay = await c.post("/pay", headers={**h, "authorization": "Bearer new"})
+            refused = await c.post("/admin", headers=g)
+            allowed = await c.post("/admin", headers=g)
+        assert_problem(revoked, 401, "auth.token_revoked")
+        assert paid.status_code == 200
+        assert "idempotent-replayed" not in paid.headers
+        assert paid.json() == {"paid": 2}
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert_problem(refused, 403, "auth.forbidden")
+        assert allowed.json() == {"admin": 2}
+        assert runs == {"pay": 2, "admin": 2}
+
+
+class FlakyRelease(StoreBackend):
+    """A real memory backend whose releases fail ``failures`` times (retries wait for ``gate``)."""
+
+    def __init__(self, store: MemoryStore, failures: int) -> None:
+        super().__init__(store)
+        self.failures = failures
+        self.attempts = 0
+        self.gate = asyncio.Event()
+        self.landed = asyncio.Event()
+
+    async def release(self, key: str, token: int) -> bool:
+        self.attempts += 1
+        if self.attempts > 1:
+            await self.gate.wait()
+        if self.attempts <= self.failures:
+            raise StoreUnavailable(context={"backend": "test"})
+        released = await super().release(key, token)
+        self.landed.set()
+        return released
+
+
+async def test_failed_release_is_retried_in_the_background_until_the_key_is_free() -> None:
+    """A 5xx whose release fails 3 times is answered at once; the key is freed by a later try."""
+    shop = Shop(fail_first=1)
+    backend = FlakyRelease(MemoryStore(), failures=3)
+    headers = key()
+    async with client(guarded(shop, backend, lease=60.0)) as c:
+        failed = await asyncio.wait_for(c.post("/flaky", json={}, headers=headers), 30)
+        busy = await c.post("/flaky", json={}, headers=headers)  # retries wait for the gate
+        backend.gate.set()
+        await asyncio.wait_for(backend.landed.wait(), 30)
+        retried = await c.post("/flaky", json={}, headers=headers)
+    assert failed.status_code == 503
+    assert_problem(busy, 409, "idempotency.in_flight")
+    assert retried.status_code == 201
+    assert "idempotent-replayed" not in retried.headers
+    assert backend.attempts == 4
+    assert shop.runs == {"flaky": 2}
 
 
 # -- fingerprint and scope -------------------------------------------------------------------------
@@ -501,8 +609,8 @@ async def test_another_principal_with_the_same_key_is_not_a_replay(
     assert shop.runs == {"orders": 3}
 
 
-def test_default_scope_prefers_state_and_never_exposes_the_credential() -> None:
-    """scope_from_credentials: state set by outer middleware, else Host and a credential hash."""
+def test_default_scope_without_identity_is_host_and_a_credential_hash() -> None:
+    """No identity step: the Host name (no port, case or trailing dot) and a credential hash."""
     headers = [(b"host", b"Shop.Example"), (b"authorization", b"Bearer t0ken")]
     tenant, principal = scope_from_credentials({"type": "http", "headers": headers})
     assert tenant == "shop.example"
@@ -515,10 +623,98 @@ def test_default_scope_prefers_state_and_never_exposes_the_credential() -> None:
         (b"[::1]:8000", "[::1]"),
         (b"[::1]", "[::1]"),
         (b"b.example", "b.example"),
+        (b"shop.example.com.", "shop.example.com"),
+        (b"SHOP.example.com.:8443", "shop.example.com"),
     ):
         assert scope_from_credentials({"headers": [(b"host", host)]})[0] == tenant
+    # An outer middleware's state is not a credential: only the identity step is read.
     state = {"tenant_id": 7, "principal": "user-1"}
-    assert scope_from_credentials({"headers": headers, "state": state}) == ("7", "user-1")
+    assert scope_from_credentials({"headers": headers, "state": state}) == (
+        "shop.example",
+        principal,
+    )
+
+
+def test_default_scope_hashes_the_cookie_header_too() -> None:
+    """Two cookie sessions on one host are two principals; the credential never shows."""
+
+    def principal(*headers: tuple[bytes, bytes]) -> str | None:
+        return scope_from_credentials({"headers": [(b"host", b"shop.example"), *headers]})[1]
+
+    alice = principal((b"cookie", b"session=alice-s3cret"))
+    bob = principal((b"cookie", b"session=bob-s3cret"))
+    assert alice is not None
+    assert bob is not None
+    assert alice != bob
+    assert "s3cret" not in alice
+    assert principal((b"cookie", b"session=alice-s3cret")) == alice
+    bearer = principal((b"authorization", b"Bearer t"))
+    assert bearer not in (alice, None)
+    assert principal((b"authorization", b"Bearer t"), (b"cookie", b"session=alice-s3cret")) not in (
+        alice,
+        bearer,
+    )
+    assert principal() is None
+
+
+def test_default_scope_reads_the_identity_step_when_it_ran() -> None:
+    """With an Identity recorded: its tenant and principal; refused or anonymous: no principal."""
+    headers = [(b"host", b"shop.example"), (b"authorization", b"Bearer t0ken")]
+
+    def scoped(identity: Identity) -> tuple[str | None, str | None]:
+        return scope_from_credentials({"headers": headers, "state": {"identity": identity}})
+
+    assert scoped(Identity(principal="user:1", tenant="t-1", via="header")) == ("t-1", "user:1")
+    assert scoped(Identity(principal="user:1", via="cookie")) == (None, "user:1")
+    refused = Identity(via="header", error=Unauthorized(code="auth.token_revoked"))
+    assert scoped(refused) == (None, None)
+    assert scoped(Identity()) == (None, None)
+
+
+async def test_cookie_users_of_one_host_cannot_replay_each_others_results() -> None:
+    """User B sending user A's key and body with another session cookie runs afresh, no replay."""
+    shop = Shop()
+    value = str(uuid.uuid4())
+    alice = {"idempotency-key": value, "cookie": "session=alice"}
+    bob = {"idempotency-key": value, "cookie": "session=bob"}
+    async with client(guarded(shop, StoreBackend(MemoryStore()))) as c:
+        a1 = await c.post("/orders", json={"amount": 5}, headers=alice)
+        b1 = await c.post("/orders", json={"amount": 5}, headers=bob)
+        a2 = await c.post("/orders", json={"amount": 5}, headers=alice)
+    assert "idempotent-replayed" not in b1.headers
+    assert b1.json()["id"] != a1.json()["id"]
+    assert a2.headers["idempotent-replayed"] == "true"
+    assert shop.runs == {"orders": 2}
+
+
+async def test_identity_step_scopes_by_principal_across_token_refreshes() -> None:
+    """Behind IdentityMiddleware a refreshed token replays; another user's token runs afresh."""
+    users = {"t1": "user:1", "t2": "user:1", "t3": "user:2"}
+
+    async def authenticate(credentials: Credentials) -> Identity:
+        if credentials.bearer not in users:
+            raise Unauthorized("Unknown token.")
+        return Identity(principal=users[credentials.bearer], tenant="shop-1")
+
+    shop = Shop()
+    inner = IdempotencyMiddleware(
+        shop.app(), backend=StoreBackend(MemoryStore()), secret=SECRET, rules=RULES
+    )
+    app = RequestIdMiddleware(IdentityMiddleware(inner, authenticate=authenticate))
+    value = str(uuid.uuid4())
+
+    def as_(token: str) -> dict[str, str]:
+        return {"idempotency-key": value, "authorization": f"Bearer {token}"}
+
+    async with client(app) as c:
+        first = await c.post("/orders", json={}, headers=as_("t1"))
+        refreshed = await c.post("/orders", json={}, headers=as_("t2"))
+        other = await c.post("/orders", json={}, headers=as_("t3"))
+    assert first.status_code == other.status_code == 201
+    assert refreshed.headers["idempotent-replayed"] == "true"
+    assert refreshed.content == first.content
+    assert "idempotent-replayed" not in other.headers
+    assert shop.runs == {"orders": 2}
 
 
 async def test_query_string_is_part_of_the_fingerprint(idem_backend: IdemBackend) -> None:
@@ -533,6 +729,47 @@ async def test_query_string_is_part_of_the_fingerprint(idem_backend: IdemBackend
     assert reordered.headers["idempotent-replayed"] == "true"
     assert reordered.content == first.content
     assert_problem(changed, 422, "idempotency.key_reused")
+    assert shop.runs == {"orders": 1}
+
+
+async def test_order_of_repeated_query_values_is_part_of_the_fingerprint() -> None:
+    """?amount=1&amount=100 and ?amount=100&amount=1 are different requests; names may move."""
+    shop = Shop()
+    headers = key()
+    async with client(guarded(shop, StoreBackend(MemoryStore()))) as c:
+        first = await c.post("/orders?amount=1&b=2&amount=100", json={}, headers=headers)
+        names_moved = await c.post("/orders?b=2&amount=1&amount=100", json={}, headers=headers)
+        swapped = await c.post("/orders?amount=100&b=2&amount=1", json={}, headers=headers)
+    assert first.status_code == 201
+    assert names_moved.headers["idempotent-replayed"] == "true"
+    assert_problem(swapped, 422, "idempotency.key_reused")
+    assert shop.runs == {"orders": 1}
+
+
+async def test_lone_surrogate_in_a_fingerprinted_field_is_fingerprinted_not_a_500() -> None:
+    """A declared field holding an escaped lone surrogate runs, replays, differs from another."""
+    shop = Shop()
+    headers = key()
+    async with client(guarded(shop, StoreBackend(MemoryStore()))) as c:
+        first = await c.post("/fields", content=b'{"amount": "\\ud800"}', headers=headers)
+        again = await c.post("/fields", content=b'{"amount": "\\ud800", "x": 1}', headers=headers)
+        other = await c.post("/fields", content=b'{"amount": "\\udfff"}', headers=headers)
+    assert first.status_code == 201, first.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert_problem(other, 422, "idempotency.key_reused")
+    assert shop.runs == {"orders": 1}
+
+
+async def test_too_deeply_nested_body_falls_back_to_the_raw_bytes_not_a_500() -> None:
+    """A JSON body nested past the parser's depth is fingerprinted by its raw bytes."""
+    shop = Shop()
+    headers = key()
+    deep = b'{"amount": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    async with client(guarded(shop, StoreBackend(MemoryStore()))) as c:
+        first = await c.post("/fields", content=deep, headers=headers)
+        again = await c.post("/fields", content=deep, headers=headers)
+    assert first.status_code == 201, first.text
+    assert again.headers["idempotent-replayed"] == "true"
     assert shop.runs == {"orders": 1}
 
 
@@ -659,6 +896,34 @@ async def test_heartbeat_keeps_a_request_slower_than_its_lease(redis_url: str) -
     assert done.status_code == 201
     assert replay.content == done.content
     assert shop.runs == {"slow": 1}
+
+
+class NoBeats(StoreBackend):
+    """A real memory backend whose heartbeats never land, as if the holder had crashed."""
+
+    async def heartbeat(self, key: str, token: int, *, lease: float) -> bool:
+        raise StoreUnavailable(context={"backend": "test"})
+
+
+async def test_default_lease_lets_a_retry_take_over_a_dead_holder_after_five_seconds() -> None:
+    """With the default config a holder that stopped renewing is taken over 5 s after its claim."""
+    clock = ManualClock()
+    backend = NoBeats(MemoryStore(clock=clock))
+    shop = Shop()
+    headers = key()
+    assert HttpIdempotencyConfig().lease == 5.0
+    async with client(guarded(shop, backend)) as c:
+        stalled = asyncio.create_task(c.post("/slow", json={}, headers=headers))
+        await shop.entered.wait()
+        clock.now += 4.9
+        busy = await c.post("/slow", json={}, headers=headers)
+        clock.now += 0.2
+        taken_over = await c.post("/slow", json={}, headers=headers)
+        shop.gate.set()
+        await stalled
+    assert_problem(busy, 409, "idempotency.in_flight")
+    assert taken_over.status_code == 201
+    assert taken_over.json()["slow"] == 2
 
 
 # -- stored encoding -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 from hardened.errors import StoreUnavailable
 from hardened.idempotency import Claimed, StoreBackend
-from hardened.idempotency._lease import HeldLease
+from hardened.idempotency._lease import _BACKGROUND, HeldLease
 from hardened.stores import MemoryStore
 
 pytestmark = pytest.mark.anyio
@@ -119,3 +119,51 @@ async def test_release_survives_the_cancellation_of_its_caller() -> None:
     again = await backend.claim(held.key, b"fp", lease=5.0, retention=60.0)
     assert isinstance(again, Claimed)
     assert again.token > held.token
+
+
+class FailingReleases(StoreBackend):
+    """A real memory backend whose releases fail ``failures`` times; attempts are counted."""
+
+    def __init__(self, store: MemoryStore, failures: int) -> None:
+        super().__init__(store)
+        self.failures = failures
+        self.attempts = 0
+        self.landed = asyncio.Event()
+
+    async def release(self, key: str, token: int) -> bool:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise StoreUnavailable(context={"backend": "test"})
+        released = await super().release(key, token)
+        self.landed.set()
+        return released
+
+
+async def _until_no_release_pending() -> None:
+    while _BACKGROUND:
+        await asyncio.sleep(0.01)
+
+
+async def test_failed_release_lands_later_without_the_caller_waiting() -> None:
+    """A release that fails answers None at once; background tries free the key, then stop."""
+    backend = FailingReleases(MemoryStore(), failures=3)
+    held = await _held(backend, lease=60.0)
+    await held.stop()
+    assert await held.release() is None
+    assert backend.attempts == 1
+    await asyncio.wait_for(backend.landed.wait(), 30)
+    await asyncio.wait_for(_until_no_release_pending(), 30)
+    assert backend.attempts == 4
+    again = await backend.claim(held.key, b"fp", lease=5.0, retention=60.0)
+    assert isinstance(again, Claimed)
+
+
+async def test_release_retries_end_when_the_lease_would_have_lapsed() -> None:
+    """A store that never answers: the retries stop by the lease's end, so no task is left."""
+    backend = FailingReleases(MemoryStore(), failures=10**9)
+    held = await _held(backend, lease=0.5)
+    await held.stop()
+    assert await held.release() is None
+    await asyncio.wait_for(_until_no_release_pending(), 30)
+    assert backend.attempts > 1
+    assert not backend.landed.is_set()

@@ -360,3 +360,38 @@ async def test_database_down_is_store_unavailable_and_a_503() -> None:
     assert resp.status_code == 503
     assert resp.json()["code"] == "store.unavailable"
     assert ran == []
+
+
+async def test_backend_on_its_own_engine_works_while_the_business_pool_is_exhausted(
+    pg_env: SqlEnv,
+) -> None:
+    """On its own small engine the backend claims and releases with the business pool exhausted."""
+    from sqlalchemy import exc, select
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from hardened.idempotency import SqlBackend
+
+    url = pg_env.engine.url
+    business = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    records = create_async_engine(url, pool_size=1, max_overflow=1)
+    backend = SqlBackend(records, pg_env.backend.table)
+    try:
+        async with business.connect() as held:  # the business pool's only connection
+            with pytest.raises(exc.TimeoutError):
+                async with business.connect():
+                    pass
+            first = await backend.claim("own-pool", FP, lease=30.0, retention=KEEP)
+            assert isinstance(first, Claimed)
+            assert await backend.release("own-pool", first.token)
+            again = await backend.claim("own-pool", FP, lease=30.0, retention=KEEP)
+            assert isinstance(again, Claimed)
+            async with held.begin():
+                await held.execute(insert(pg_env.effects).values(key="own-pool", phase="order"))
+                await backend.complete_in(held, "own-pool", again.token, b"r", retention=KEEP)
+            count = await held.execute(select(pg_env.effects.c.id))
+            assert len(count.all()) == 1
+        replay = await backend.claim("own-pool", FP, lease=30.0, retention=KEEP)
+        assert replay == Completed(b"r")
+    finally:
+        await business.dispose()
+        await records.dispose()

@@ -25,15 +25,19 @@ if TYPE_CHECKING:
 
     from hardened._types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["TrustedHostMiddleware", "TrustedHosts"]
+__all__ = ["TrustedHostMiddleware", "TrustedHosts", "host_name"]
 
 _NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
 _PORT = re.compile(r":\d{1,5}")
 _WEBSOCKET_POLICY_VIOLATION = 1008
 
 
-def _host_name(value: str) -> str | None:
-    """The host name of a ``Host`` header value (port stripped, lowercased), or ``None``."""
+def host_name(value: str) -> str | None:
+    """The host name of a ``Host`` header value (port, case and trailing dot dropped), or ``None``.
+
+    The one parser of Host values: whatever else names a host by it (the
+    idempotency scope's tenant) agrees with `TrustedHosts` on what is one host.
+    """
     value = value.strip().lower()
     if value.startswith("["):  # "[::1]:8000"
         end = value.find("]")
@@ -77,7 +81,7 @@ class TrustedHosts:
                 continue
             wildcard = entry.startswith("*.")
             name = (entry[2:] if wildcard else entry).strip().lower().removesuffix(".")
-            host = _host_name(name)
+            host = host_name(name)
             if host is None or host != name:  # also refuses "example.com:8443": ports are ignored
                 msg = f"invalid trusted host {entry!r}: expected a host name, '*.domain' or '*'"
                 raise ValueError(msg)
@@ -97,7 +101,7 @@ class TrustedHosts:
         """Whether a ``Host`` header value names one of the trusted hosts."""
         if self.allow_any:
             return True
-        host = _host_name(host_header)
+        host = host_name(host_header)
         if host is None:
             return False
         return host in self._exact or any(host.endswith(s) for s in self._suffixes)

@@ -32,6 +32,7 @@ from hardened.idempotency._errors import (
     IdempotencyKeyInvalid,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
+    IdempotencyResponseNotKept,
     LeaseLost,
     retry_after_header,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "IdempotencyKeyMissing",
     "IdempotencyKeyReused",
     "IdempotencyMiddleware",
+    "IdempotencyResponseNotKept",
     "IdempotencyUnguarded",
     "Idempotent",
     "IdempotentRoute",

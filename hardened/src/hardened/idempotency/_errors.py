@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hardened.errors import (
     BadRequest,
     Conflict,
+    HardenedError,
     IdempotencyConflict,
     MissingHeader,
     ValidationFailed,
@@ -26,6 +27,7 @@ __all__ = [
     "IdempotencyKeyInvalid",
     "IdempotencyKeyMissing",
     "IdempotencyKeyReused",
+    "IdempotencyResponseNotKept",
     "LeaseLost",
     "retry_after_header",
 ]
@@ -81,3 +83,30 @@ class LeaseLost(Conflict):
 
     code = "idempotency.lease_lost"
     title = "The idempotency lease was lost"
+
+
+class IdempotencyResponseNotKept(HardenedError):
+    """The request ran, but its response was too large to keep, so it cannot be replayed (410).
+
+    Gone, not a conflict: retrying will never bring the response back, and the
+    operation must not run again. ``original_status`` tells the client how it ended.
+    """
+
+    status = 410
+    code = "idempotency.response_not_kept"
+    title = "Idempotent response not kept"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        original_status: int,
+        code: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail, code=code, context=context, headers=headers)
+        self.original_status = original_status
+
+    def extensions(self) -> dict[str, Any]:
+        return {"original_status": self.original_status}

@@ -23,6 +23,13 @@ layer's semantics over any `IdempotencyBackend`::
 * Writes are fenced: once another holder took over, ``checkpoint`` and
   ``complete`` raise `LeaseLost` (a heartbeat that finds the lease gone marks
   the operation, so they raise without asking the store).
+* A ``complete`` the backend could not answer returns as if stored (the
+  operation ran, and its caller has the result) and is not released: it is
+  retried in the background, the lease renewed meanwhile, for up to
+  ``complete_retry_for``, so a concurrent claim gets `IdempotencyInFlight`,
+  then the replay. Given up (logged as ``idempotency.complete_abandoned``,
+  counted in ``hardened_idempotency_complete_abandoned_total``), the lease
+  lapses and the operation may run again (see `HeldLease`).
 * Leaving the block by an exception, or without ``complete()``, releases the
   claim (fenced) so a retry runs again (from its checkpoint, if any); the
   exception propagates. Internal operations have no "failed result" to store
@@ -34,7 +41,8 @@ layer's semantics over any `IdempotencyBackend`::
 Keys are hashed with their scope (`scoped_key`) before they reach the store,
 and logged only as `key_hash_for_logs`. Metrics:
 ``hardened_idempotency_claims_total{outcome}`` (claimed, resumed, replayed,
-in_flight, mismatch) and ``hardened_idempotency_lease_lost_total``.
+in_flight, mismatch), ``hardened_idempotency_lease_lost_total`` and
+``hardened_idempotency_complete_abandoned_total``.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ import structlog
 from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
 from hardened.idempotency._errors import IdempotencyInFlight, IdempotencyKeyReused, LeaseLost
 from hardened.idempotency._keys import key_hash_for_logs, scoped_key
-from hardened.idempotency._lease import HeldLease
+from hardened.idempotency._lease import DEFAULT_COMPLETE_RETRY_FOR, HeldLease
 from hardened.observability._metrics import counter
 
 if TYPE_CHECKING:
@@ -98,17 +106,26 @@ def _positive(name: str, value: float) -> None:
 class IdempotencyConfig:
     """Lease, retention and waiting, in seconds.
 
+    ``lease`` (5 s) is how soon a crashed holder's key can be taken over.
     ``heartbeat`` defaults to a third of the lease; keep it well under the
-    lease (a beat at or past the lease lets it lapse between beats).
+    lease (a beat at or past the lease lets it lapse between beats). A holder
+    whose event loop stalls longer than the lease loses its claim: fencing
+    then refuses its ``complete`` (and its ``complete_in`` transaction rolls
+    back), but an effect outside the database could be done twice, so give
+    operations that call providers a longer lease.
     ``wait`` is how long a caller waits for a live holder's result before
     `IdempotencyInFlight` (0: refuse at once). Internal operations always
-    release on exceptions.
+    release on exceptions. ``complete_retry_for`` (300 s) bounds the
+    background retries of a result the backend could not store: long enough
+    for a failover, bounded so an outage does not hold results in memory
+    without end (0: give up at once).
     """
 
-    lease: float = 30.0
+    lease: float = 5.0
     retention: float = 86400.0
     heartbeat: float | None = None
     wait: float = 0.0
+    complete_retry_for: float = DEFAULT_COMPLETE_RETRY_FOR
 
     def __post_init__(self) -> None:
         _positive("lease", self.lease)
@@ -117,6 +134,9 @@ class IdempotencyConfig:
             _positive("heartbeat", self.heartbeat)
         if not (self.wait >= 0 and math.isfinite(self.wait)):
             raise ValueError(f"wait must be >= 0 seconds, got {self.wait!r}")
+        if not (self.complete_retry_for >= 0 and math.isfinite(self.complete_retry_for)):
+            retry_for = self.complete_retry_for
+            raise ValueError(f"complete_retry_for must be >= 0 seconds, got {retry_for!r}")
 
     @property
     def heartbeat_interval(self) -> float:
@@ -255,15 +275,16 @@ class Operation:
         self.phase, self.data = phase, data
 
     async def complete(self, result: bytes) -> None:
-        """Store ``result`` for replays and end the lease; `LeaseLost` if taken over."""
+        """Store ``result`` for replays and end the lease; `LeaseLost` if taken over.
+
+        A backend failure does not raise: the store is retried in the background.
+        """
         held = self._holding()
-        await held.stop()
         config = self._idem.config
-        stored = await self._idem.backend.complete(
-            held.key, held.token, result, retention=config.retention
+        stored = await held.complete(
+            result, retention=config.retention, retry_for=config.complete_retry_for
         )
-        if not stored:
-            held.mark_lost("complete")
+        if stored is False:
             raise self._lease_lost()
         self._finished, self.result = True, result
 
@@ -332,7 +353,8 @@ def current_operation() -> Operation:
 
 
 def _encode_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII escapes: total (a lone surrogate cannot be UTF-8 encoded) and decodes as before.
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _decode_json(raw: bytes) -> Any:

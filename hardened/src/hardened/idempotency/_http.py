@@ -14,17 +14,17 @@ Scope
     key, hashed (`scoped_key`). Middleware runs before routing and before
     FastAPI dependencies, so it cannot see a tenant that an auth dependency
     resolves. ``HttpIdempotencyConfig.scope_of`` supplies (tenant, principal)
-    from the raw request. The default `scope_from_credentials` uses
-    ``scope["state"]["tenant_id"]`` / ``["principal"]`` when an outer
-    middleware set them, and otherwise the ``Host`` header (without its port)
-    for the tenant and a hash of the ``Authorization`` and ``X-Api-Key`` values
-    for the principal.
-    That default is only correct while a client keeps one credential. A client
-    that refreshes a short-lived access token between two tries is a new
-    principal, and its retry runs again. A service with rotating tokens should
-    pass a ``scope_of`` that reads the token's subject.
-    Anonymous requests share one scope per host, so keys must be unguessable
-    (UUIDs, as the draft recommends).
+    from the raw request. The default `scope_from_credentials` reads the
+    `hardened.http.Identity` that `IdentityMiddleware` recorded (a refused or
+    anonymous caller has no principal). Without that step it takes the
+    ``Host`` name (parsed as `TrustedHosts` does: no port, case or trailing
+    dot) for the tenant and a hash of the ``Authorization``, ``X-Api-Key`` and
+    ``Cookie`` values for the principal. That fallback is only correct while a
+    client keeps every one of those values: a refreshed access token, or any
+    cookie that changed between two tries, is a new principal and its retry
+    runs again. Run the identity step (or pass a ``scope_of``) to scope by the
+    verified caller. Anonymous requests share one scope (per host without the
+    identity step), so keys must be unguessable (UUIDs, as the draft recommends).
 
     The route template is the matching `IdempotentRoute`'s own path when it
     names one (``{param}`` segments, or exact with ``$``); under a plain prefix
@@ -34,10 +34,12 @@ Scope
 
 Fingerprint
     HMAC (`fingerprint`) over method, path, the query string with its pairs
-    sorted, and the raw body. A route with ``fingerprint_fields`` uses the
-    canonical JSON of just those fields instead, so key order, whitespace and
-    undeclared fields do not count. A body that is not a JSON object falls back
-    to the raw bytes.
+    stably sorted by name (names may move; the values of one name keep their
+    order, which the handler sees), and the raw body. A route with
+    ``fingerprint_fields`` uses the canonical JSON of just those fields
+    instead, so key order, whitespace and undeclared fields do not count. A
+    body that is not a JSON object (or nests too deep to parse) falls back to
+    the raw bytes.
 
 Outcomes
     Key missing on a required route → 400 ``idempotency.key_missing``. Invalid
@@ -49,26 +51,47 @@ Outcomes
     the app runs. A heartbeat extends the lease if the app is still running
     after ``heartbeat`` seconds. The response streams to the client while a
     copy is buffered. The last body chunk is held back until the result is
-    stored, so a client that has the whole answer always gets a replay on
-    retry, never a 409.
+    stored, so a client that has the whole answer gets a replay on retry,
+    not a 409. The exception is a result the backend could not store at once:
+    the client is not held back for it. It is stored in the background while
+    the lease is renewed, so a retry gets the 409 (with ``Retry-After``) until
+    it lands, then the replay, never a second run (see "Fail closed"). The
+    default lease is 5 s, so a crashed holder's key is free again within
+    seconds (the config's docstring has the trade-off).
 
 What is stored
-    Statuses below 500 are stored, except ``transient_statuses`` (408, 409, 425, 429), which
-    mean that nothing happened and a retry may succeed. Those, 5xx and exceptions release the
-    claim so a retry runs again. With ``store_server_errors`` (Stripe's "store once execution
-    began") 5xx is stored too, and an exception is stored as a 500 problem. A result larger than
-    ``max_stored_bytes`` is not stored: the claim is released and ``not_stored`` is counted and
-    logged. (Released, so a retry runs the operation again: size
-    ``max_stored_bytes`` for the routes' real answers. Storing a "done, body too large" marker
-    instead would be safer for non-idempotent handlers and is the likely next step.) A client
-    that disconnects mid-response does not change the outcome, because the result is stored for
-    its retry anyway. If the lease was lost (the holder stalled past it and someone took over),
-    the fenced ``complete`` refuses. That is logged and counted, and the client still gets its
-    own response.
+    Statuses below 500 are stored, except 401 and 403 (a refused credential did nothing; the
+    caller's retry after a fresh login must run) and ``transient_statuses`` (408, 409, 425,
+    429), which mean that nothing happened and a retry may succeed. Those, 5xx and exceptions
+    release the claim so a retry runs again. A release the backend could not answer is retried
+    in the background until the lease would have lapsed; the response does not wait. With
+    ``store_server_errors`` (Stripe's "store once execution began") 5xx is stored too, and an
+    exception is stored as a 500 problem. A result larger than ``max_stored_bytes`` is not
+    kept, but it did run: a "done, response not kept" marker is stored (``not_stored`` is
+    counted and logged), and retries get a 410 ``idempotency.response_not_kept`` with
+    ``Idempotent-Replayed: true``, never a second run. A client that disconnects mid-response
+    does not change the outcome: once the body was delivered the app is not told of the
+    disconnect until the outcome is recorded (a framework would cancel the response), it
+    finishes into a send that drops the data, and the result is stored for the retry. If the
+    lease was lost (the holder stalled past it and someone took over), the fenced ``complete``
+    refuses. That is logged and counted, and the client still gets its own response.
 
 Fail closed
-    If the backend is unreachable the answer is a 503 ``store.unavailable``
-    and the app does not run. A money route never runs without its guard.
+    If the backend is unreachable at the claim the answer is a 503
+    ``store.unavailable`` and the app does not run. A money route never runs
+    without its guard. If it fails when the result is stored, after the app
+    ran, the client still gets its response (``idempotency.complete_failed``
+    is logged, ``unavailable`` counted) and the store is retried in the
+    background with backoff, the lease renewed meanwhile, for up to
+    ``complete_retry_for`` (300 s). Then it is given up
+    (``idempotency.complete_abandoned`` at error level, counted in
+    ``hardened_idempotency_complete_abandoned_total``) and the lease lapses: a
+    retry after that runs the app again. So may the first retry to reach a
+    backend that was away for longer than the lease (the lease lapsed on its
+    clock); that holder's late store is then refused and counted as lease
+    lost. On a `SqlBackend`, a handler that wrote a recovery point in its own
+    transaction (``checkpoint_in``) finds it in that second run and need not
+    repeat its effect; any other handler does.
 
 Replayed headers
     Only ``replay_headers`` (content-type, content-language, content-encoding,
@@ -81,8 +104,9 @@ Replayed headers
 Metrics and logs
     ``hardened_idempotency_requests_total{outcome}``: executed, replayed,
     in_flight, mismatch, missing, invalid, released, not_stored, lease_lost,
-    unavailable. Logs carry `key_hash_for_logs` of the key, never the key
-    itself.
+    unavailable (a failed claim, or a result not stored at once); and
+    ``hardened_idempotency_complete_abandoned_total``. Logs carry
+    `key_hash_for_logs` of the key, never the key itself.
 
 The FastAPI dependency `idempotency_key` checks the key early (400) and
 exposes it to the handler, for example as the ledger's operation key. Claim and
@@ -111,6 +135,8 @@ import structlog
 from hardened._types import Scope
 from hardened.errors import HardenedError, PayloadTooLarge, StoreUnavailable, problem_for
 from hardened.http._body import DEFAULT_MAX_BODY_BYTES
+from hardened.http._hosts import host_name
+from hardened.http._identity import identity_of
 from hardened.http._paths import PathPattern
 from hardened.http._problem import send_problem
 from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
@@ -119,9 +145,10 @@ from hardened.idempotency._errors import (
     IdempotencyKeyInvalid,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
+    IdempotencyResponseNotKept,
 )
 from hardened.idempotency._keys import fingerprint, key_hash_for_logs, scoped_key, validate_key
-from hardened.idempotency._lease import HeldLease
+from hardened.idempotency._lease import DEFAULT_COMPLETE_RETRY_FOR, HeldLease
 from hardened.observability._metrics import counter
 
 if TYPE_CHECKING:
@@ -182,6 +209,8 @@ _NEVER_REPLAYED = frozenset(
 )
 
 _STATE_KEY = "idempotency"
+# A refused credential did nothing; storing it would replay the refusal after a fresh login.
+_NEVER_STORED = frozenset({401, 403})
 _REPLAYED_HEADER = (b"idempotent-replayed", b"true")
 _MAX_POLL = 0.5
 _FIRST_POLL = 0.02
@@ -217,48 +246,45 @@ class IdempotencyUnguarded(HardenedError):
 # -- scope ---------------------------------------------------------------------------------
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value)
-    return None
+def _headers(scope: Scope, name: bytes) -> list[bytes]:
+    return [bytes(value) for key, value in scope.get("headers", ()) if key == name]
 
 
-def _hostname(host: str) -> str:
+def _tenant_of_host(value: str) -> str:
     # The port says which worker or listener answered, not which tenant is asking.
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host.partition("]")[0] + "]"
-    name, colon, port = host.rpartition(":")
-    return name if colon and port.isdigit() and ":" not in name else host
+    # A malformed value (never past TrustedHostMiddleware) stays apart from every host name.
+    name = host_name(value)
+    return name if name is not None else value.strip().lower()
 
 
 def scope_from_credentials(scope: Scope) -> tuple[str | None, str | None]:
-    """The default ``scope_of``: state set by outer middleware, else Host and a credential hash.
+    """The default ``scope_of``: the identity step's caller, else Host and a credential hash.
 
-    The credential hash covers ``Authorization`` and ``X-Api-Key`` together, so it
-    stays the same for as long as the client keeps the same credential (see the
-    module docstring about rotating tokens).
+    With `hardened.http.IdentityMiddleware` in front, (tenant, principal) are the
+    `Identity`'s (a refused or anonymous caller has no principal). Without it,
+    the tenant is the Host's name and the principal a hash over ``Authorization``,
+    ``X-Api-Key`` and ``Cookie``, which stays the same only while the client
+    keeps the same credential (see the module docstring).
     """
-    state = scope.get("state") or {}
-    tenant = state.get("tenant_id")
-    principal = state.get("principal")
-    if tenant is None:
-        host = _header(scope, b"host")
-        tenant = _hostname(host.decode("latin-1")) if host else None
-    if principal is None:
-        auth = _header(scope, b"authorization")
-        api_key = _header(scope, b"x-api-key")
-        if auth is not None or api_key is not None:
-            digest = hashlib.sha256()
-            for part in (auth, api_key):
-                raw = part or b""
-                digest.update(len(raw).to_bytes(4, "big") + raw)
-            principal = digest.hexdigest()
-    return (
-        None if tenant is None else str(tenant),
-        None if principal is None else str(principal),
-    )
+    identity = identity_of(scope)
+    if identity is not None:
+        return identity.tenant, identity.principal if identity.error is None else None
+    hosts = _headers(scope, b"host")
+    tenant = _tenant_of_host(hosts[0].decode("latin-1")) if hosts else None
+    auth = _headers(scope, b"authorization")
+    api_key = _headers(scope, b"x-api-key")
+    cookies = _headers(scope, b"cookie")
+    if not (auth or api_key or cookies):
+        return tenant, None
+    fields = [auth[0] if auth else b"", api_key[0] if api_key else b""]
+    if cookies:
+        # Appended only when present: header-credential principals, and so their
+        # stored records, are the same as before cookies counted.
+        fields.append(b"; ".join(cookies))
+    digest = hashlib.sha256()
+    for raw in fields:
+        digest.update(len(raw).to_bytes(4, "big") + raw)
+    return tenant, digest.hexdigest()
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -317,11 +343,23 @@ def _check_replay_headers(names: Iterable[str]) -> frozenset[str]:
 class HttpIdempotencyConfig:
     """How long claims and results live, what is stored, replayed and scoped.
 
-    ``heartbeat`` defaults to a third of the lease, so two heartbeats can fail
-    before a slow request loses its claim.
+    ``lease`` (5 s) is how soon a crashed holder's key can be retried; the
+    heartbeat renews it every third of it (``heartbeat``), so two beats can
+    fail before a slow request loses its claim. The trade-off: a holder whose
+    event loop stalls longer than the lease loses its claim to a retry. Fencing
+    then stops it from storing its result, and in the transactional mode
+    (`SqlBackend.complete_in`) from committing its effect; an effect outside
+    the database (a provider call) could be done twice. Raise the lease for
+    handlers that make such calls on a loop that may stall.
+
+    ``complete_retry_for`` (300 s) bounds the background retries of a result
+    the backend could not store (see "Fail closed" in the module docstring):
+    long enough to ride out a failover or a database restart, short enough
+    that a long outage does not keep results (up to ``max_stored_bytes``
+    each) and tasks in memory without end. 0 gives up at once.
     """
 
-    lease: float = 30.0
+    lease: float = 5.0
     heartbeat: float | None = None
     retention: float = 86_400.0
     store_server_errors: bool = False
@@ -332,11 +370,15 @@ class HttpIdempotencyConfig:
     max_request_bytes: int = DEFAULT_MAX_BODY_BYTES
     scope_of: ScopeOf = scope_from_credentials
     debug: bool = False
+    complete_retry_for: float = DEFAULT_COMPLETE_RETRY_FOR
 
     def __post_init__(self) -> None:
         if not all(v > 0 and math.isfinite(v) for v in (self.lease, self.retention)):
             # inf or nan would pass a "> 0" check and then fail in every request's TTL.
             msg = "lease and retention must be positive finite seconds"
+            raise ValueError(msg)
+        if not (self.complete_retry_for >= 0 and math.isfinite(self.complete_retry_for)):
+            msg = f"complete_retry_for must be >= 0 finite seconds, got {self.complete_retry_for}"
             raise ValueError(msg)
         if self.heartbeat is None:
             object.__setattr__(self, "heartbeat", self.lease / 3)
@@ -358,6 +400,8 @@ class HttpIdempotencyConfig:
 # -- the stored response -------------------------------------------------------------------
 
 _MAGIC = b"\x01"
+_NOT_KEPT = b"\x02"  # + status: executed, response too large to keep (never a response)
+_STATUS = struct.Struct(">H")
 _HEAD = struct.Struct(">HH")  # status, header count
 _PAIR = struct.Struct(">HH")  # name length, value length
 _MAX_FIELD = 0xFFFF
@@ -424,10 +468,18 @@ def _raw_key(scope: Scope, names: tuple[bytes, ...]) -> str | None:
     return _unquote_sf_string(found[0][1].decode("latin-1").strip())
 
 
+def _query_name(pair: bytes) -> bytes:
+    return pair.partition(b"=")[0]
+
+
 def _sorted_query(raw: bytes) -> bytes:
+    # A stable sort by name only: names may come in any order, but the values of
+    # one name keep theirs (?amount=1&amount=100 is not ?amount=100&amount=1).
     if not raw:
         return b""
-    return b"&".join(sorted(p for p in raw.split(b"&") if p))
+    pairs = [p for p in raw.split(b"&") if p]
+    pairs.sort(key=_query_name)
+    return b"&".join(pairs)
 
 
 _ABSENT = object()
@@ -447,7 +499,7 @@ def _payload(body: bytes, fields: tuple[str, ...] | None) -> tuple[bytes, bytes]
         return b"body", body
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return b"body", body
     if not isinstance(document, dict):
         return b"body", body
@@ -456,8 +508,13 @@ def _payload(body: bytes, fields: tuple[str, ...] | None) -> tuple[bytes, bytes]
         value = _select(document, name)
         if value is not _ABSENT:
             chosen[name] = value
-    canonical = json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return b"fields", canonical.encode()
+    try:
+        canonical = json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        return b"body", body
+    # surrogatepass: total for the lone surrogates JSON escapes can carry ("\ud800"),
+    # and the same bytes as UTF-8 for every other string, so fingerprints stay as they were.
+    return b"fields", canonical.encode("utf-8", "surrogatepass")
 
 
 class _Disconnected(Exception):
@@ -513,6 +570,40 @@ class _Guarded:
     storable: bool = True
     settled: bool = False
     client_gone: bool = False
+    done: bool = False  # the outcome is stored or released
+    disconnect: Message | None = None  # held back from the app until done
+    waiter: asyncio.Event | None = None
+
+    def finish(self) -> None:
+        self.done = True
+        if self.waiter is not None:
+            self.waiter.set()
+
+
+def _holding_disconnect(receive: Receive, g: _Guarded) -> Receive:
+    """``receive`` that answers ``http.disconnect`` only once the outcome is recorded.
+
+    Frameworks cancel a response when the client leaves (Starlette's
+    `StreamingResponse` does). The handler has done its work by then, so the
+    app is left to finish into a send that drops the data, and the result is
+    stored for the retry instead of released.
+    """
+
+    async def hold() -> Message:
+        held = g.disconnect
+        if held is None:
+            message = await receive()
+            if message["type"] != "http.disconnect" or g.done:
+                return message
+            held = g.disconnect = message
+            g.client_gone = True
+        if not g.done:
+            if g.waiter is None:
+                g.waiter = asyncio.Event()
+            await g.waiter.wait()
+        return held
+
+    return hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,6 +786,17 @@ class IdempotencyMiddleware:
         return claim
 
     async def _replay(self, scope: Scope, send: Send, result: bytes, key: str) -> None:
+        if result[:1] == _NOT_KEPT and len(result) == 1 + _STATUS.size:
+            _count["replayed"]()
+            (original,) = _STATUS.unpack_from(result, 1)
+            gone = IdempotencyResponseNotKept(
+                f"The request with this Idempotency-Key was executed (status {original}), but "
+                "its response was too large to keep, so it cannot be replayed.",
+                original_status=original,
+                headers={"idempotent-replayed": "true"},
+            )
+            await send_problem(scope, send, gone, debug=self.config.debug)
+            return
         try:
             status, headers, body = decode_response(result)
         except ValueError:
@@ -750,16 +852,19 @@ class IdempotencyMiddleware:
                 if not message.get("more_body", False):
                     await beat.stop()
                     await self._settle(g, beat)
+                    g.finish()
             await forward(message)
 
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, _holding_disconnect(receive, g), capture)
         except BaseException:
             if not g.settled:
                 # Shielded: a cancelled request (server shutdown) still releases its claim.
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(self._settle_failure(scope, g, beat))
             raise
+        finally:
+            g.finish()
         if not g.settled:
             # The app returned without finishing a response: nothing trustworthy to store.
             await beat.stop()
@@ -768,8 +873,10 @@ class IdempotencyMiddleware:
     async def _settle(self, g: _Guarded, beat: HeldLease) -> None:
         g.settled = True
         status = g.status
-        if status in self.config.transient_statuses or (
-            status >= 500 and not self.config.store_server_errors
+        if (
+            status in _NEVER_STORED
+            or status in self.config.transient_statuses
+            or (status >= 500 and not self.config.store_server_errors)
         ):
             await self._release(g, beat, "status")
             return
@@ -781,7 +888,8 @@ class IdempotencyMiddleware:
                 size=g.size,
                 limit=self.config.max_stored_bytes,
             )
-            await self._release(g, beat, "too_large", count=False)
+            # It ran: a retry must not run it again, so a marker is stored instead.
+            await self._complete(g, _NOT_KEPT + _STATUS.pack(status), beat, count=False)
             return
         body = g.chunks[0] if len(g.chunks) == 1 else b"".join(g.chunks)
         await self._complete(g, encode_response(status, g.headers, body), beat)
@@ -797,21 +905,19 @@ class IdempotencyMiddleware:
         headers = [(n, v) for n, v in problem.header_list() if n in self._replay_names]
         await self._complete(g, encode_response(problem.status, headers, body), beat)
 
-    async def _complete(self, g: _Guarded, result: bytes, beat: HeldLease) -> None:
-        try:
-            stored = await self.backend.complete(
-                g.scoped, g.token, result, retention=self.config.retention
-            )
-        except StoreUnavailable:
-            # The effect happened; the record stays running until its lease ends.
-            _log.error("idempotency.complete_failed", key_hash=key_hash_for_logs(g.raw_key))
-            _count["unavailable"]()
-            return
-        if stored:
+    async def _complete(
+        self, g: _Guarded, result: bytes, beat: HeldLease, *, count: bool = True
+    ) -> None:
+        config = self.config
+        stored = await beat.complete(
+            result, retention=config.retention, retry_for=config.complete_retry_for
+        )
+        if stored is None:
+            _count["unavailable"]()  # logged by the lease, which retries it in the background
+        elif not stored:
+            _count["lease_lost"]()  # marked and logged by the lease
+        elif count:
             _count["executed"]()
-            return
-        _count["lease_lost"]()
-        beat.mark_lost("complete")
 
     async def _release(
         self, g: _Guarded, beat: HeldLease, reason: str, *, count: bool = True
@@ -820,7 +926,7 @@ class IdempotencyMiddleware:
             _count["released"]()
         released = await beat.release()
         if released is None:
-            return  # logged by the lease; it lapses on its own
+            return  # logged by the lease, which retries it in the background
         _log.info(
             "idempotency.released",
             key_hash=key_hash_for_logs(g.raw_key),

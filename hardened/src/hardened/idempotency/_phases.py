@@ -48,7 +48,7 @@ from hardened.db.transaction import run_transaction
 from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
 from hardened.idempotency._errors import IdempotencyInFlight, IdempotencyKeyReused, LeaseLost
 from hardened.idempotency._keys import key_hash_for_logs
-from hardened.idempotency._lease import HeldLease
+from hardened.idempotency._lease import DEFAULT_COMPLETE_RETRY_FOR, HeldLease
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -116,6 +116,7 @@ async def run_phases(
     lease: float = 30.0,
     retention: float = 86400.0,
     sessions: Callable[[], AsyncSession] | None = None,
+    complete_retry_for: float = DEFAULT_COMPLETE_RETRY_FOR,
 ) -> PhaseState:
     """Run ``phases`` once per ``key``, resuming after the last recorded one.
 
@@ -131,7 +132,11 @@ async def run_phases(
     renewed every third of ``lease`` while phases run. An exception or a
     cancellation releases the key, keeping the recovery point, so a retry
     resumes at once; ``KeyboardInterrupt``/``SystemExit`` do not (the process
-    is going down: the lease lapses, as in a crash).
+    is going down: the lease lapses, as in a crash). A final result the
+    backend could not record (after an external last phase) is returned all
+    the same and recorded in the background for up to ``complete_retry_for``
+    seconds, the lease renewed meanwhile (see `HeldLease`), so the external
+    call is not made again by a retry.
     """
     names = [phase.name for phase in phases]
     if not names or len(set(names)) != len(names) or not all(names):
@@ -156,7 +161,15 @@ async def run_phases(
     if claim.phase is not None:
         _log().info("idempotency.resumed", key_hash=key_hash, phase=claim.phase)
     sessions = sessions or backend.sessions
-    run = _Run(backend, key, claim.token, lease=lease, retention=retention, sessions=sessions)
+    run = _Run(
+        backend,
+        key,
+        claim.token,
+        lease=lease,
+        retention=retention,
+        sessions=sessions,
+        complete_retry_for=complete_retry_for,
+    )
     return await run.all(phases, claim, state)
 
 
@@ -182,10 +195,12 @@ class _Run:
         lease: float,
         retention: float,
         sessions: Callable[[], AsyncSession],
+        complete_retry_for: float,
     ) -> None:
         self.backend, self.key, self.token = backend, key, token
         self.key_hash = key_hash_for_logs(key)
         self.lease, self.retention, self.sessions = lease, retention, sessions
+        self.complete_retry_for = complete_retry_for
 
     async def all(
         self, phases: Sequence[Phase], claim: Claimed, state: PhaseState | None
@@ -242,11 +257,15 @@ class _Run:
     async def _record(self, held: HeldLease, after: PhaseState, name: str | None) -> None:
         blob = _dumps(after)
         if name is None:
-            done = await self.backend.complete(self.key, self.token, blob, retention=self.retention)
-        else:
-            done = await self.backend.checkpoint(self.key, self.token, name, blob)
-        if not done:
-            held.mark_lost("complete" if name is None else "checkpoint")
+            # None: not stored yet, retried in the background; the run still ends here.
+            stored = await held.complete(
+                blob, retention=self.retention, retry_for=self.complete_retry_for
+            )
+            if stored is False:  # marked lost by the lease
+                raise self._lease_lost()
+            return
+        if not await self.backend.checkpoint(self.key, self.token, name, blob):
+            held.mark_lost("checkpoint")
             raise self._lease_lost()
 
     def _lease_lost(self) -> LeaseLost:

@@ -183,7 +183,17 @@ class _Clock:
 
 
 class SqlBackend:
-    """`IdempotencyBackend` on a SQL table, plus writes inside the caller's transaction."""
+    """`IdempotencyBackend` on a SQL table, plus writes inside the caller's transaction.
+
+    Give it its own small engine on the service's database (e.g. ``pool_size=2,
+    max_overflow=2`` and a short ``pool_timeout``) rather than the business
+    engine: when the business pool is exhausted, which is when handlers fail
+    and time out, claims, heartbeats and releases still get a connection, so a
+    5xx frees its key and a slow request keeps its lease. Nothing here needs
+    the business engine: ``complete_in``/``checkpoint_in`` write through the
+    session or connection they are given, and only `run_phases` defaults to
+    ``sessions`` on this engine (pass it the business sessions instead).
+    """
 
     __slots__ = ("_auto", "_engine", "_postgres", "_sessions", "table")
 
