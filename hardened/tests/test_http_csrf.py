@@ -9,6 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from hardened.errors import Unauthorized
+from hardened.http import Credentials, Identity, IdentityMiddleware
 from hardened.http._csrf import (
     CSRFMiddleware,
     CSRFPolicy,
@@ -38,8 +40,25 @@ class App:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
+async def authenticate(credentials: Credentials) -> Identity:
+    """The app's verifier: a bearer key, a session cookie, or an access cookie naming a session."""
+    if credentials.bearer is not None:
+        return Identity(principal="key:1")
+    cookies = credentials.cookies
+    if cookies.get("session") == "expired":
+        raise Unauthorized(code="auth.token_expired")
+    session = cookies.get("session") or cookies.get("access")
+    return Identity(principal="user:1", session=session)
+
+
 def client_for(app: App, policy: CSRFPolicy = POLICY) -> httpx.AsyncClient:
-    guarded = RequestIdMiddleware(CSRFMiddleware(app, policy=policy))
+    guarded = RequestIdMiddleware(
+        IdentityMiddleware(
+            CSRFMiddleware(app, policy=policy),
+            authenticate=authenticate,
+            cookies=("session", "access"),
+        )
+    )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded), base_url="http://api")
 
 
@@ -192,13 +211,49 @@ async def test_exempt_prefix_matches_whole_segments(path: str, status: int) -> N
 
 
 @pytest.mark.anyio
-async def test_request_without_session_cookie_passes() -> None:
-    """Without the session cookie a request is not cookie-authenticated: nothing to forge."""
+async def test_request_without_credential_cookies_passes() -> None:
+    """Without a credential cookie a request is not cookie-authenticated: nothing to forge."""
     app = App()
     async with client_for(app) as client:
         response = await client.post("/signup", headers={"cookie": "theme=dark"})
     assert response.status_code == 200
     assert app.calls == 1
+
+
+@pytest.mark.anyio
+async def test_any_credential_cookie_alone_is_checked() -> None:
+    """A request authenticated from another credential cookie (no session cookie) needs a token."""
+    app = App()
+    token = issue_csrf_token(POLICY, SESSION)
+    async with client_for(app) as client:
+        refused_ = await client.post("/customers", headers={"cookie": f"access={SESSION}"})
+        passed = await client.post(
+            "/customers",
+            headers={"cookie": f"access={SESSION}; csrf_token={token}", "x-csrf-token": token},
+        )
+    assert (refused_.status_code, refused_.json()["code"]) == (403, "csrf.missing")
+    assert passed.status_code == 200
+    assert app.calls == 1
+
+
+@pytest.mark.anyio
+async def test_cookie_the_app_refused_is_not_cookie_authenticated() -> None:
+    """A credential cookie the app refused carries no authority: the request reaches the app."""
+    app = App()
+    async with client_for(app) as client:
+        response = await client.post("/auth/login", headers={"cookie": "session=expired"})
+    assert response.status_code == 200
+    assert app.calls == 1
+
+
+@pytest.mark.anyio
+async def test_guard_refuses_to_run_without_the_identity_step() -> None:
+    """Without an identity step the guard cannot know who is cookie-authenticated: it raises."""
+    guarded = CSRFMiddleware(App(), policy=POLICY)
+    transport = httpx.ASGITransport(app=guarded, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        with pytest.raises(RuntimeError, match="IdentityMiddleware"):
+            await client.post("/orders", headers=cookie())
 
 
 @pytest.mark.anyio
@@ -324,12 +379,12 @@ def test_cookie_header_is_script_readable_secure_and_samesite() -> None:
         ({"secret": SECRET, "exempt_paths": ("webhooks",)}, "exempt_paths"),
         ({"secret": SECRET, "cookie_samesite": "none", "cookie_secure": False}, "Secure"),
         ({"secret": SECRET, "cookie_samesite": "sometimes"}, "cookie_samesite"),
-        ({"secret": SECRET, "csrf_cookie": "session"}, "must differ"),
+        ({"secret": SECRET, "csrf_cookie": "bad name"}, "csrf_cookie"),
         ({"secret": SECRET, "header": "cookie"}, "header"),
     ],
 )
 def test_policy_refuses_unsafe_configuration(kwargs: dict[str, object], message: str) -> None:
-    """Short secrets, exempting everything, insecure SameSite=None and name clashes are refused."""
+    """Short secrets, exempting everything, insecure SameSite=None and bad names are refused."""
     with pytest.raises(ValueError, match=message):
         CSRFPolicy(**kwargs)  # type: ignore[arg-type]
 

@@ -264,25 +264,45 @@ async def test_eleventh_start_evicts_the_oldest_family(backend: Backend) -> None
     assert backend.events == [RevocationEvent("u1", issued[0].family_id, "evicted")]
 
 
-async def test_revoke_all_ends_every_family_and_stamps_not_before(backend: Backend) -> None:
-    """Logout-all makes every refresh token invalid and records a server-time not-before."""
+async def test_revoke_all_ends_every_family_and_its_sessions(backend: Backend) -> None:
+    """Logout-all makes every refresh token invalid and every session inactive, others untouched."""
     tokens = backend.tokens()
-    assert await tokens.not_before("u1") is None
     started = [await tokens.start("u1", tenant="t") for _ in range(3)]
     rotated = await tokens.rotate(started[0].token)
     bystander = await tokens.start("u2", tenant="t")
-    stamp = await tokens.revoke_all("u1", not_before_ttl=60)
-    assert await tokens.not_before("u1") == stamp
+    assert await tokens.revoke_all("u1") == 3
     for token in [rotated.token, started[0].token, *(s.token for s in started[1:])]:
         with pytest.raises(InvalidRefreshToken):
             await tokens.rotate(token)
+    assert [await tokens.session_active("u1", s.family_id) for s in started] == [False] * 3
     assert await tokens.families("u1") == []
     assert backend.events == [RevocationEvent("u1", None, "revoked_all")]
     assert (await tokens.rotate(bystander.token)).user_id == "u2"
-    assert await tokens.not_before("u2") is None
+    assert await tokens.session_active("u2", bystander.family_id)
     again = await tokens.start("u1", tenant="t")  # a login after logout-all works
+    assert await tokens.session_active("u1", again.family_id)
     assert (await tokens.rotate(again.token)).family_id == again.family_id
-    assert await tokens.revoke_all("u1", not_before_ttl=60) >= stamp
+    assert await tokens.revoke_all("u1") == 1
+
+
+async def test_a_session_is_active_until_logout_reuse_or_eviction(backend: Backend) -> None:
+    """session_active follows the family: live through rotation, gone after logout/reuse/evict."""
+    tokens = backend.tokens(max_families=2, grace=0)
+    logged_out = await tokens.start("u1", tenant="t")
+    reused = await tokens.start("u1", tenant="t")
+    assert await tokens.session_active("u1", logged_out.family_id)
+    child = await tokens.rotate(reused.token)
+    assert await tokens.session_active("u1", reused.family_id)
+    await tokens.revoke("u1", logged_out.family_id)
+    assert not await tokens.session_active("u1", logged_out.family_id)
+    await tokens.rotate(child.token)
+    with pytest.raises(TokenReused):
+        await tokens.rotate(reused.token)
+    assert not await tokens.session_active("u1", reused.family_id)
+    first, _, _ = [await tokens.start("u1", tenant="t") for _ in range(3)]
+    assert not await tokens.session_active("u1", first.family_id)  # evicted by the cap
+    assert not await tokens.session_active("u1", "not-a-family-id")
+    assert not await tokens.session_active("u2", first.family_id)
 
 
 async def test_revoke_ends_one_family_only(backend: Backend) -> None:
@@ -389,8 +409,8 @@ async def test_store_outage_is_store_unavailable() -> None:
             lambda: tokens.start("u1", tenant="t"),
             lambda: tokens.rotate(valid),
             lambda: tokens.revoke("u1", "A" * 22),
-            lambda: tokens.revoke_all("u1", not_before_ttl=60),
-            lambda: tokens.not_before("u1"),
+            lambda: tokens.revoke_all("u1"),
+            lambda: tokens.session_active("u1", "A" * 22),
             lambda: tokens.families("u1"),
         ]
         for call in calls:
@@ -565,7 +585,7 @@ async def test_rotation_is_one_round_trip(observer: Observer) -> None:
 
 
 async def test_no_scan_or_keys_reaches_redis(observer: Observer) -> None:
-    """Start with eviction, rotate, listing, logout-all and not-before send no SCAN or KEYS."""
+    """Start with eviction, rotate, listing, logout-all and session checks send no SCAN or KEYS."""
     tokens = RefreshTokens(observer.store, key=KEY, config=RefreshConfig(max_families=2))
 
     async def session_lifecycle() -> None:
@@ -575,8 +595,8 @@ async def test_no_scan_or_keys_reaches_redis(observer: Observer) -> None:
         assert last.evicted
         await tokens.rotate(last.token)
         assert len(await tokens.families(user)) == 2
-        await tokens.revoke_all(user, not_before_ttl=60)
-        assert await tokens.not_before(user) is not None
+        assert await tokens.session_active(user, last.family_id)
+        await tokens.revoke_all(user)
 
     window = await observer.watch(session_lifecycle)
     assert [command for command, _ in window.ours] == ["EVALSHA"] * 7

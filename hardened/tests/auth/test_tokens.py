@@ -23,7 +23,6 @@ from hardened.auth.tokens import (
     AccessTokenConfig,
     AccessTokens,
     Algorithm,
-    issued_before,
     revoked_error,
 )
 from hardened.errors import Unauthorized, problem_for
@@ -387,25 +386,6 @@ def test_custom_tenant_claim() -> None:
     assert jwt.decode(token, options={"verify_signature": False})["org"] == "acme"
     assert tokens.verify(token, now=NOW).tenant == "acme"
     assert refused(tokens, hs_token(claims())) == "missing_claim:org"
-
-
-def test_issued_before_semantics() -> None:
-    """True when iat is at or before the stamp; False without a stamp or when issued after."""
-    c = AccessClaims(sub="u", tenant="t", sid="s", jti="j", iat=1000, exp=1900, extra={})
-    assert not issued_before(c, None)
-    assert issued_before(c, 1000)
-    assert issued_before(c, 1000.5)
-    assert issued_before(c, 5000)
-    assert not issued_before(c, 999.9)
-
-
-def test_millisecond_issue_time_separates_tokens_within_one_second(hs: AccessTokens) -> None:
-    """A token issued 300 ms after a revoke-all stamp in the same second is not revoked."""
-    token = hs.issue(subject="u", tenant="t", session_id="s", now=NOW + 0.6)
-    verified = hs.verify(token, now=NOW + 1)
-    assert verified.iat == int(NOW)
-    assert not issued_before(verified, NOW + 0.3)
-    assert issued_before(verified, NOW + 0.6)
 
 
 def test_revoked_error_is_a_401_with_a_stable_code() -> None:

@@ -1,4 +1,4 @@
-"""Authentication: passwords, access tokens, refresh-token families, WebSockets.
+"""Authentication and authorization: passwords, tokens, refresh families, roles, WebSockets.
 
 Needs the ``auth`` extra (and ``redis`` for the Redis-backed pieces).
 `RevocationEvent` is what the refresh store reports (a family revoked, and
@@ -12,6 +12,14 @@ from hardened.auth.passwords import (
     PasswordTooLong,
     PasswordTooShort,
     Verification,
+)
+from hardened.auth.permissions import (
+    Requirement,
+    Roles,
+    public,
+    require_identity,
+    requirement_of,
+    signed_in,
 )
 from hardened.auth.refresh import (
     FamilyInfo,
@@ -27,7 +35,6 @@ from hardened.auth.tokens import (
     AccessClaims,
     AccessTokenConfig,
     AccessTokens,
-    issued_before,
     revoked_error,
 )
 from hardened.auth.websockets import (
@@ -63,8 +70,10 @@ __all__ = [
     "RedisRevocationBus",
     "RefreshConfig",
     "RefreshTokens",
+    "Requirement",
     "RevocationBus",
     "RevocationEvent",
+    "Roles",
     "Rotated",
     "SocketRegistry",
     "SocketRevocation",
@@ -72,10 +81,13 @@ __all__ = [
     "TokenReused",
     "Verification",
     "error_frame",
-    "issued_before",
     "listening",
+    "public",
     "reject",
+    "require_identity",
+    "requirement_of",
     "revoked_error",
+    "signed_in",
     "websocket_credentials",
     "websocket_ticket",
 ]

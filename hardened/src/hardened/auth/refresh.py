@@ -15,7 +15,6 @@ Keys, one hash tag per user, so every script touches a single slot::
                                                         last_used_at, tenant, meta (JSON)
     hardened:{<namespace>:<user>}:anc:<family>   list   superseded hashes, newest first
     hardened:{<namespace>:<user>}:dead:<family>  string tombstone after reuse (TTL = ttl)
-    hardened:{<namespace>:<user>}:nbf            string revoke-all stamp, epoch seconds
 
 Deterministic rotation: a token's child is ``HMAC(rotate key, "rotate:" + family
 id + secret)``. Python computes the presented hash, the child and its hash; one
@@ -33,9 +32,15 @@ Start (evicting beyond ``max_families``), revoke-all and listing read the
 user's zset in the script and build those families' keys from it: they share
 the declared keys' hash tag, hence the slot, which is what Redis Cluster
 checks; reading the zset first would cost a round trip and race. No SCAN or
-KEYS anywhere. Revoke-all also stamps not-before (server time) for access
-tokens. Store errors propagate as `StoreUnavailable` (the caller picks strict
-503 or a fallback). Metric: ``hardened_auth_refresh_total{outcome}``.
+KEYS anywhere.
+
+Access tokens belong to a family (their ``sid``): `session_active` says in one
+round trip whether it is still live, and logout, reuse, eviction and
+revoke-all all delete it, so every access token of an ended session fails at
+once rather than at its expiry. No clock is compared, so a skew between the
+app's clock (which stamps ``iat``) and the store's cannot keep a token alive
+across a revoke-all. Store errors propagate as `StoreUnavailable` (the caller
+picks strict 503 or a fallback). Metric: ``hardened_auth_refresh_total{outcome}``.
 """
 
 from __future__ import annotations
@@ -212,16 +217,14 @@ def _revoke(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now:
 
 
 def _revoke_all(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now: float) -> Any:
-    fams, nbf = keys
+    (fams,) = keys
     ended = 0
     for member, _ in state.zrange(fams, 0, -1):
         hash_key, ancestors = _family_keys(fams, member)
         ended += state.delete(hash_key)
         state.delete(ancestors)
     state.delete(fams)
-    stamp = b"%.6f" % now
-    state.set(nbf, stamp, px=max(int(args[0]), state.pttl(nbf)))
-    return [stamp, ended]
+    return ended
 
 
 def _families(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now: float) -> Any:
@@ -236,8 +239,8 @@ def _families(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], no
     return reply
 
 
-def _not_before(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now: float) -> Any:
-    return state.get(keys[0])
+def _session(state: MemoryState, keys: Sequence[str], args: Sequence[bytes], now: float) -> Any:
+    return int(state.exists(keys[0]))
 
 
 def _load(name: str, twin: MemoryTwin) -> Script:
@@ -251,7 +254,7 @@ ROTATE = _load("refresh_rotate", _rotate)
 REVOKE = _load("refresh_revoke", _revoke)
 REVOKE_ALL = _load("refresh_revoke_all", _revoke_all)
 FAMILIES = _load("refresh_families", _families)
-NOT_BEFORE = _load("refresh_not_before", _not_before)
+SESSION = _load("refresh_session", _session)
 
 
 def _log() -> Any:
@@ -377,19 +380,20 @@ class RefreshTokens:
             await self._notify(RevocationEvent(user_id, family_id, "revoked"))
         return live
 
-    async def revoke_all(self, user_id: str, *, not_before_ttl: float) -> float:
-        """End every family and stamp not-before (server time, kept ``not_before_ttl`` s)."""
-        keys = (self._key(_user(user_id), "fams"), self._key(user_id, "nbf"))
-        stamp, ended = await self._store.run(REVOKE_ALL, keys, (ttl_ms(not_before_ttl),))
+    async def revoke_all(self, user_id: str) -> int:
+        """End every family of the user (and so their access tokens); how many were live."""
+        ended = int(await self._store.run(REVOKE_ALL, (self._key(_user(user_id), "fams"),), ()))
         _OUTCOMES.labels("revoked_all").inc()
-        _log().info("auth.refresh_revoked_all", user_id=user_id, families=int(ended))
+        _log().info("auth.refresh_revoked_all", user_id=user_id, families=ended)
         await self._notify(RevocationEvent(user_id, None, "revoked_all"))
-        return float(stamp)
+        return ended
 
-    async def not_before(self, user_id: str) -> float | None:
-        """The user's revoke-all stamp (epoch seconds): reject access tokens issued before it."""
-        stamp = await self._store.run(NOT_BEFORE, (self._key(_user(user_id), "nbf"),), ())
-        return None if stamp is None else float(stamp)
+    async def session_active(self, user_id: str, family_id: str) -> bool:
+        """Whether the session (family) an access token names is still live: one round trip."""
+        if not isinstance(family_id, str) or _FAMILY.fullmatch(family_id) is None:
+            return False
+        fam = self._key(_user(user_id), f"fam:{family_id}")
+        return bool(await self._store.run(SESSION, (fam,), ()))
 
     async def families(self, user_id: str) -> list[FamilyInfo]:
         """The user's live families (sessions), oldest first."""

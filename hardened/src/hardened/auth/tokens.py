@@ -14,9 +14,10 @@ token that is otherwise valid) or ``auth.invalid_token``: a client learns
 nothing about which check failed. The reason goes to ``context`` (logs only),
 never the token.
 
-`verify` is pure and offline. Revoke-all is a not-before stamp kept in the
-refresh-token store (another module); the caller fetches it and applies
-`issued_before`, refusing with ``auth.token_revoked`` (`revoked_error`).
+`verify` is pure and offline. Whether the token's session (``sid``, a
+refresh-token family) is still live is the refresh-token store's answer
+(`hardened.auth.refresh.RefreshTokens.session_active`); the caller asks it and
+refuses an ended session with ``auth.token_revoked`` (`revoked_error`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ __all__ = [
     "AccessTokenConfig",
     "AccessTokens",
     "Algorithm",
-    "issued_before",
     "revoked_error",
 ]
 
@@ -62,8 +62,7 @@ _RSA_MIN_BITS = 2048
 _TYP = "at+jwt"
 _ACCEPTED_TYP = frozenset({"at+jwt", "application/at+jwt"})
 _ALLOWED_HEADER = frozenset({"alg", "typ", "kid"})
-_REGISTERED = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "iat_ms"})
-_IAT_MS = "iat_ms"  # private claim: issue time in ms, so revocation is exact within a second
+_REGISTERED = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid"})
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _WWW_AUTHENTICATE = {"www-authenticate": 'Bearer error="invalid_token"'}
 
@@ -208,8 +207,6 @@ class AccessClaims:
     iat: int
     exp: int
     extra: Mapping[str, Any]
-    issued_at: float | None = None
-    """Issue time in seconds at millisecond precision (None: only ``iat`` is known)."""
 
 
 def _refuse(reason: str, *, expired: bool = False) -> Unauthorized:
@@ -223,26 +220,13 @@ def _refuse(reason: str, *, expired: bool = False) -> Unauthorized:
 
 
 def revoked_error() -> Unauthorized:
-    """The refusal for a token `issued_before` a revoke-all stamp (``auth.token_revoked``)."""
+    """The refusal for a token whose session has ended (``auth.token_revoked``)."""
     return Unauthorized(
         "The access token has been revoked.",
         code="auth.token_revoked",
-        context={"reason": "issued_before_not_before"},
+        context={"reason": "session_ended"},
         headers=_WWW_AUTHENTICATE,
     )
-
-
-def issued_before(claims: AccessClaims, not_before: float | None) -> bool:
-    """Whether the token was issued at or before the revoke-all stamp ``not_before``.
-
-    The stamp lives in the refresh-token store, so `AccessTokens.verify` stays
-    pure and offline; the caller looks it up and refuses with `revoked_error`
-    when this is True. Tokens carry their issue time in milliseconds
-    (``iat_ms``), so a login right after a revoke-all in the same second is not
-    mistaken for an old token; without it ``iat`` is used, failing closed.
-    """
-    issued = claims.issued_at if claims.issued_at is not None else claims.iat
-    return not_before is not None and issued <= not_before
 
 
 def _is_int(value: object) -> bool:
@@ -294,7 +278,6 @@ class AccessTokens:
             "sid": session_id,
             "jti": uuid.uuid4().hex,
             "iat": int(issued),
-            _IAT_MS: int(issued * 1000),
             "exp": int(issued + cfg.ttl),
         }
         token = self._jwt.encode(
@@ -376,15 +359,7 @@ class AccessTokens:
             iat=iat,
             exp=exp,
             extra=MappingProxyType(extra),
-            issued_at=_issued_at(payload.get(_IAT_MS), iat),
         )
-
-
-def _issued_at(iat_ms: object, iat: int) -> float:
-    # A millisecond stamp is trusted only when it agrees with the signed iat.
-    if _is_int(iat_ms) and iat * 1000 <= iat_ms < (iat + 1) * 1000:  # type: ignore[operator]
-        return float(iat_ms) / 1000  # type: ignore[arg-type]
-    return float(iat)
 
 
 _REASONS: dict[type[Exception], str] = {

@@ -1,40 +1,43 @@
 """CSRF for cookie-authenticated requests: a signed double-submit token, enforced.
 
-Why a guard at all, and why this shape? A browser attaches the session cookie
-to any request a hostile page makes, so a cookie alone cannot prove the user
-meant the request. The seed report fixed exactly this by failing fast where
-the client used to log a warning and carry on: here a missing or bad token is
+Why a guard at all, and why this shape? A browser attaches cookies to any
+request a hostile page makes, so a cookie alone cannot prove the user meant
+the request. The seed report fixed exactly this by failing fast where the
+client used to log a warning and carry on: here a missing or bad token is
 always a 403 problem, never a warning.
 
-The token is ``<nonce>.<signature>``, the signature an HMAC-SHA256 over the
-length-prefixed session cookie value and the nonce. The server keeps no state:
-the SPA reads the (non-HttpOnly) ``csrf_token`` cookie and echoes it in the
-``X-CSRF-Token`` header. A cross-site page can neither read the cookie nor set
-a custom header, and because the token is bound to the session, a token from
-another session, or a cookie an attacker planted through a sibling subdomain
-(cookie tossing), is worthless. Issue a fresh token whenever the session
-cookie changes (login, refresh).
+Which requests: exactly those the app authenticated from a cookie, as the
+identity step (`hardened.http.IdentityMiddleware`, which must run first)
+recorded them (``Identity.via == "cookie"``). Deciding by the name of one
+session cookie, as this guard once did, let a request carrying only another
+credential cookie (an access-token cookie that outlived the session cookie)
+through unchecked; the identity step knows every credential the app accepts,
+so nothing here has to. Also passing:
 
-What is checked, for ``http`` scopes only:
-
-* safe methods (``GET``, ``HEAD``, ``OPTIONS``, ``TRACE``) pass: they must
-  not change state;
+* safe methods (``GET``, ``HEAD``, ``OPTIONS``, ``TRACE``): they must not
+  change state;
 * paths under ``exempt_paths`` (whole-segment prefixes: ``/webhooks`` covers
-  ``/webhooks/x`` but not ``/webhooksx``) pass: they authenticate otherwise,
-  e.g. by a webhook signature;
-* requests without the session cookie pass: they are not cookie-authenticated,
-  so there is no ambient authority to abuse;
-* requests with ``Authorization: Bearer …`` pass: browsers never attach that
-  header on their own. The app must then authenticate such a request by the
-  header alone, never fall back to the cookie;
-* everything else needs the header, equal (constant time) to a ``csrf_token``
-  cookie, with a valid signature for the session cookie value. A session
-  cookie sent twice is ambiguous (cookie tossing) and refused.
+  ``/webhooks/x`` but not ``/webhooksx``): they authenticate otherwise, e.g.
+  by a webhook signature;
+* requests authenticated by ``Authorization: Bearer`` (browsers never attach
+  it on their own) or not authenticated at all (no ambient authority).
+
+The token is ``<nonce>.<signature>``, the signature an HMAC-SHA256 over the
+length-prefixed session the identity step recorded (``Identity.session``, a
+sign-in session id) and the nonce. The server keeps no state: the SPA reads
+the (non-HttpOnly) ``csrf_token`` cookie and echoes it in the ``X-CSRF-Token``
+header, which must equal (constant time) a ``csrf_token`` cookie and carry a
+valid signature for the caller's session. A cross-site page can neither read
+the cookie nor set a custom header, and because the token is bound to the
+session, a token of another session, or one planted through a sibling
+subdomain (cookie tossing), is worthless. A session id survives token
+refreshes, so one token lasts the whole sign-in.
 
 A refusal is a 403 problem ``csrf.missing`` (no header or no cookie) or
-``csrf.invalid``, logged once as ``csrf.refused`` (reason, path, method) and
-counted in ``hardened_http_csrf_refused_total{reason}``. WebSocket scopes pass
-through: ``hardened.auth.websockets`` authenticates them without cookies.
+``csrf.invalid`` (including a cookie identity without a session to bind to),
+logged once as ``csrf.refused`` (reason, path, method) and counted in
+``hardened_http_csrf_refused_total{reason}``. WebSocket scopes pass through:
+``hardened.auth.websockets`` authenticates them without cookies.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from hardened.errors import CsrfFailed
+from hardened.http._identity import identity_of
 from hardened.http._problem import send_problem
 from hardened.observability._metrics import counter
 
@@ -78,10 +82,9 @@ def _b64(raw: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CSRFPolicy:
-    """Where the session and CSRF token live, and which requests are exempt."""
+    """Where the CSRF token lives, and which requests are exempt."""
 
     secret: bytes = field(repr=False)
-    session_cookie: str = "session"
     csrf_cookie: str = "csrf_token"
     header: str = "x-csrf-token"
     safe_methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -93,12 +96,8 @@ class CSRFPolicy:
         if not isinstance(self.secret, bytes) or len(self.secret) < _MIN_SECRET_BYTES:
             msg = f"CSRF secret must be at least {_MIN_SECRET_BYTES} bytes"
             raise ValueError(msg)
-        for name in ("session_cookie", "csrf_cookie"):
-            if not _COOKIE_NAME.fullmatch(getattr(self, name)):
-                msg = f"{name} is not a valid cookie name: {getattr(self, name)!r}"
-                raise ValueError(msg)
-        if self.session_cookie == self.csrf_cookie:
-            raise ValueError("session_cookie and csrf_cookie must differ")
+        if not _COOKIE_NAME.fullmatch(self.csrf_cookie):
+            raise ValueError(f"csrf_cookie is not a valid cookie name: {self.csrf_cookie!r}")
         header = self.header.strip().lower()
         if not _HEADER_NAME.fullmatch(header) or header in {"authorization", "cookie"}:
             raise ValueError(f"not a usable header name: {self.header!r}")
@@ -120,24 +119,24 @@ class CSRFPolicy:
         return any(path == p or path.startswith(p + "/") for p in self.exempt_paths)
 
 
-def _sign(policy: CSRFPolicy, session_value: str, nonce: str) -> str:
-    session = session_value.encode("utf-8")
+def _sign(policy: CSRFPolicy, session_id: str, nonce: str) -> str:
+    session = session_id.encode("utf-8")
     message = _DOMAIN + len(session).to_bytes(4, "big") + session + nonce.encode("ascii")
     return _b64(hmac.new(policy.secret, message, hashlib.sha256).digest())
 
 
-def issue_csrf_token(policy: CSRFPolicy, session_value: str) -> str:
-    """A fresh ``nonce.signature`` token bound to the session cookie value (as sent back)."""
+def issue_csrf_token(policy: CSRFPolicy, session_id: str) -> str:
+    """A fresh ``nonce.signature`` token bound to a sign-in session (``Identity.session``)."""
     nonce = _b64(secrets.token_bytes(18))
-    return f"{nonce}.{_sign(policy, session_value, nonce)}"
+    return f"{nonce}.{_sign(policy, session_id, nonce)}"
 
 
-def verify_csrf_token(policy: CSRFPolicy, session_value: str, token: str) -> bool:
-    """Whether ``token`` was issued with ``policy`` for this session value (constant time)."""
+def verify_csrf_token(policy: CSRFPolicy, session_id: str, token: str) -> bool:
+    """Whether ``token`` was issued with ``policy`` for this session (constant time)."""
     if not _TOKEN.fullmatch(token):
         return False
     nonce, _, signature = token.partition(".")
-    expected = _sign(policy, session_value, nonce)
+    expected = _sign(policy, session_id, nonce)
     return hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii"))
 
 
@@ -155,29 +154,21 @@ def set_csrf_cookie_header(policy: CSRFPolicy, token: str) -> tuple[bytes, bytes
     return b"set-cookie", "; ".join(parts).encode("ascii")
 
 
-def _cookies(scope: Scope, *names: str) -> dict[str, list[str]]:
-    """Every value of each cookie in ``names`` (a name may legitimately repeat)."""
-    found: dict[str, list[str]] = {name: [] for name in names}
+def _csrf_cookies(scope: Scope, name: str) -> list[str]:
+    """Every value of the CSRF cookie (a tossed copy may sit beside ours)."""
+    found: list[str] = []
     for key, value in scope.get("headers", ()):
         if key != b"cookie":
             continue
         for pair in bytes(value).decode("latin-1").split(";"):
-            name, sep, raw = pair.strip().partition("=")
-            if sep and name in found:
-                found[name].append(raw.strip())
+            cookie, sep, raw = pair.strip().partition("=")
+            if sep and cookie == name:
+                found.append(raw.strip())
     return found
 
 
 def _headers(scope: Scope, name: bytes) -> list[str]:
     return [bytes(v).decode("latin-1") for k, v in scope.get("headers", ()) if k == name]
-
-
-def _is_bearer(scope: Scope) -> bool:
-    values = _headers(scope, b"authorization")
-    if len(values) != 1:
-        return False
-    scheme, _, credentials = values[0].strip().partition(" ")
-    return scheme.lower() == "bearer" and bool(credentials.strip())
 
 
 class CSRFMiddleware:
@@ -207,29 +198,28 @@ class CSRFMiddleware:
         policy = self.policy
         if scope["method"] in policy.safe_methods or policy.is_exempt(scope.get("path", "")):
             return None
-        cookies = _cookies(scope, policy.session_cookie, policy.csrf_cookie)
-        sessions = cookies[policy.session_cookie]
-        if not sessions or _is_bearer(scope):
-            return None
-        return self._token_refusal(
-            _headers(scope, self._header), sessions, cookies[policy.csrf_cookie]
-        )
+        identity = identity_of(scope)
+        if identity is None:
+            msg = "CSRFMiddleware needs hardened.http.IdentityMiddleware to run before it"
+            raise RuntimeError(msg)
+        return self._token_refusal(scope, identity.session) if identity.via == "cookie" else None
 
-    def _token_refusal(
-        self, headers: list[str], sessions: list[str], csrf_cookies: list[str]
-    ) -> str | None:
+    def _token_refusal(self, scope: Scope, session: str | None) -> str | None:
+        policy = self.policy
+        headers = _headers(scope, self._header)
         if not headers or not headers[0].strip():
             return "missing_header"
+        csrf_cookies = _csrf_cookies(scope, policy.csrf_cookie)
         if not csrf_cookies:
             return "missing_cookie"
-        if len(headers) > 1 or len(sessions) > 1:
-            return "ambiguous"
+        if len(headers) > 1 or session is None:
+            return "ambiguous" if session is not None else "unbound"
         token = headers[0].strip()
         # Compare with every copy: a cookie tossed in beside ours must not lock the user out.
         raw = token.encode("latin-1")
         if not any(hmac.compare_digest(raw, c.encode("latin-1")) for c in csrf_cookies):
             return "mismatch"
-        if not verify_csrf_token(self.policy, sessions[0], token):
+        if not verify_csrf_token(policy, session, token):
             return "bad_signature"
         return None
 

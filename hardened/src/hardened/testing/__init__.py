@@ -2,7 +2,22 @@
 
 from hardened.testing._clock import ManualClock
 from hardened.testing._databases import temporary_database
+from hardened.testing._fields import (
+    TextInput,
+    TextInputFailure,
+    TextInputReport,
+    assert_text_inputs_safe,
+    check_text_inputs,
+)
 from hardened.testing._redis import scratch_redis_store
+from hardened.testing.authorization import (
+    AuthorizationFailure,
+    Caller,
+    Cell,
+    Matrix,
+    assert_authorization,
+    declared_requirements,
+)
 from hardened.testing.isolation import (
     IsolationFailure,
     Probe,
@@ -13,12 +28,23 @@ from hardened.testing.isolation import (
 )
 
 __all__ = [
+    "AuthorizationFailure",
+    "Caller",
+    "Cell",
     "IsolationFailure",
     "ManualClock",
+    "Matrix",
     "Probe",
     "RouteKey",
+    "TextInput",
+    "TextInputFailure",
+    "TextInputReport",
     "app_routes",
+    "assert_authorization",
     "assert_isolated",
+    "assert_text_inputs_safe",
+    "check_text_inputs",
+    "declared_requirements",
     "scratch_redis_store",
     "temporary_database",
     "tenant_models_without_mixin",
