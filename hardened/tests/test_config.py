@@ -1,4 +1,7 @@
 import secrets
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydantic import SecretStr
@@ -76,6 +79,35 @@ def test_development_generates_distinct_random_secrets() -> None:
     ready, report = readiness(first)
     assert not ready
     assert "[FAIL] JWT_SECRET is set" in report
+
+
+def test_development_secrets_in_a_file_survive_a_restart(tmp_path: Path) -> None:
+    """With dev_secrets_file, generated secrets are written once (0600) and read back."""
+
+    class KeptSettings(AppSettings):
+        dev_secrets_file: ClassVar[str | None] = str(tmp_path / ".dev-secrets")
+
+    first, second = KeptSettings.load(), KeptSettings.load()
+    assert first.jwt_secret is not None
+    assert second.jwt_secret is not None
+    assert first.jwt_secret.get_secret_value() == second.jwt_secret.get_secret_value()
+    assert first.session_secret is not None
+    assert first.jwt_secret.get_secret_value() != first.session_secret.get_secret_value()
+    assert (tmp_path / ".dev-secrets").stat().st_mode & 0o777 == 0o600
+    assert not readiness(first)[0]  # still "generated", never ready for production
+
+
+def test_workers_starting_together_agree_on_one_secrets_file(tmp_path: Path) -> None:
+    """Eight loads racing on a missing file all end up with the same secrets."""
+
+    class KeptSettings(AppSettings):
+        dev_secrets_file: ClassVar[str | None] = str(tmp_path / ".dev-secrets")
+
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: KeptSettings.load(), range(8)))
+    values = {s.jwt_secret.get_secret_value() for s in loaded if s.jwt_secret is not None}
+    assert len(values) == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / ".dev-secrets"]
 
 
 def test_secret_problem_accepts_generated_tokens() -> None:

@@ -6,9 +6,14 @@ secret and follows the same rules:
 
 * outside development it has no default: unset, short (< 32 bytes) or
   low-entropy values refuse start-up;
-* in development an unset secret is replaced by a random one per process (never
-  a constant baked into the code), so ``serve`` works on a fresh clone while no
-  two processes, and no deploy, share a guessable value;
+* in development an unset secret is replaced by a random one (never a constant
+  baked into the code), so ``serve`` works on a fresh clone while no two
+  checkouts, and no deploy, share a guessable value. A service that keeps state
+  across restarts in development (a local database with idempotency records or
+  sessions) names a ``dev_secrets_file``: the generated secrets are written
+  there once (mode 0600, meant to be git-ignored) and read back on every start,
+  so a restart does not turn yesterday's records into mismatches; without one
+  they are random per process;
 * errors name each bad variable and the rule it broke, never the value:
   pydantic's own messages echo inputs, so they are rebuilt here.
 
@@ -19,12 +24,17 @@ configuration; `readiness` (``shopfront check``) fails until it is
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import secrets
+import tempfile
 import types
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal, Self, Union, get_args, get_origin
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
 from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,6 +110,9 @@ class HardenedSettings(BaseSettings):
         extra="ignore", hide_input_in_errors=True, frozen=True, validate_default=True
     )
 
+    dev_secrets_file: ClassVar[str | None] = None
+    """Where development keeps its generated secrets across restarts (None: per process)."""
+
     environment: Environment = "development"
     debug: bool | None = None
     """Stack traces in error bodies; defaults to on only in development."""
@@ -130,9 +143,11 @@ class HardenedSettings(BaseSettings):
         env = str(data.get("environment", "development")).lower()
         if env != "development":
             return data
-        for name in cls.secret_fields():
-            if not data.get(name):
-                data[name] = DEV_SECRET_PREFIX + secrets.token_urlsafe(48)
+        missing = [name for name in cls.secret_fields() if not data.get(name)]
+        if missing:
+            kept = _kept_secrets(cls.dev_secrets_file, cls.secret_fields())
+            for name in missing:
+                data[name] = kept[name]
         return data
 
     @model_validator(mode="after")
@@ -192,6 +207,43 @@ class HardenedSettings(BaseSettings):
                 )
             )
         return checks
+
+
+def _generate(names: list[str]) -> dict[str, str]:
+    return {name: DEV_SECRET_PREFIX + secrets.token_urlsafe(48) for name in names}
+
+
+def _kept_secrets(path: str | None, names: list[str]) -> dict[str, str]:
+    """Development secrets from ``path`` (created once, atomically, mode 0600); random without."""
+    if path is None:
+        return _generate(names)
+    target = Path(path)
+    kept: dict[str, str] = {}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        loaded = json.loads(target.read_text(encoding="utf-8"))
+        if isinstance(loaded, dict):
+            kept = {k: v for k, v in loaded.items() if isinstance(v, str)}
+    if all(kept.get(name) for name in names):
+        return kept
+    fresh = {**_generate(names), **{k: v for k, v in kept.items() if v}}
+    # Written beside the target and linked into place: two workers starting at once
+    # agree on one file (the loser reads the winner's), and nobody reads half a file.
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".secrets-")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(fresh, out)
+        tmp.chmod(0o600)
+        if kept:
+            tmp.replace(target)
+            return fresh
+        try:
+            target.hardlink_to(tmp)
+        except FileExistsError:
+            return _kept_secrets(path, names)
+        return fresh
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, slots=True)
