@@ -33,6 +33,8 @@ class FakeSimProvider:
     activations: dict[str, dict[str, str]] = field(default_factory=dict)
     by_iccid: dict[str, int] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event | None = None
+    """When set, each call waits for it before answering (holds a request in flight)."""
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -42,6 +44,8 @@ class FakeSimProvider:
         key = request.headers.get("idempotency-key", "")
         if self.hang:
             await asyncio.sleep(3600)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.refuse:

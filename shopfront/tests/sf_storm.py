@@ -46,6 +46,8 @@ def workers(count: int, env: Mapping[str, str]) -> Iterator[list[str]]:
     procs: list[tuple[subprocess.Popen[bytes], str]] = []
     # A log file, not a pipe: nobody drains a pipe, and a full one blocks the worker.
     logs = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
+    # Tests stop workers at once: the shutdown drain is proven in test_shutdown.py.
+    env = {"SHUTDOWN_DRAIN_SECONDS": "0", **env}
     try:
         for _ in range(count):
             port = free_port()
@@ -67,7 +69,13 @@ def workers(count: int, env: Mapping[str, str]) -> Iterator[list[str]]:
             procs.append((proc, f"http://127.0.0.1:{port}"))
         for proc, url in procs:
             _wait_live(proc, url, logs)
-        yield [url for _, url in procs]
+        try:
+            yield [url for _, url in procs]
+        except BaseException:
+            # The workers' side of a failure: pytest shows captured stderr with the failure.
+            logs.seek(0)
+            sys.stderr.write(logs.read().decode(errors="replace")[-50_000:])
+            raise
     finally:
         for proc, _ in procs:
             proc.terminate()
@@ -109,6 +117,8 @@ class Result:
     body: Any
     started: float
     ended: float
+    call: Call | None = None
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +131,50 @@ class Storm:
         for r in self.results:
             counts[r.status] = counts.get(r.status, 0) + 1
         return counts
+
+
+def _retryable(r: Result) -> bool:
+    """A 503, or a 409 for a key whose earlier attempt is still being settled."""
+    in_flight = isinstance(r.body, dict) and r.body.get("code") == "idempotency.in_flight"
+    return r.status == 503 or (r.status == 409 and in_flight)
+
+
+async def retry_unavailable(result: Storm, *, rounds: int = 30) -> Storm:
+    """Replay each 503 of ``result`` (same call, same Idempotency-Key) as a client would.
+
+    Every 503 must carry ``Retry-After``; the replays wait it out (capped at 1 s,
+    the point is the outcome, not the pacing) until none is left; a replay that
+    finds the key still in flight (its first attempt's release not landed yet)
+    is retried the same way. The results keep their order, each the final
+    answer to its call.
+    """
+    final = list(result.results)
+    async with httpx.AsyncClient(timeout=60) as client:
+        for n in range(rounds):
+            pending = [
+                i
+                for i, r in enumerate(final)
+                if r.status == 503 or (n > 0 and _retryable(r) and r is not result.results[i])
+            ]
+            if not pending:
+                break
+            assert all(final[i].retry_after for i in pending), "a 503 without Retry-After"
+            await asyncio.sleep(min(1.0, max(float(final[i].retry_after or 1) for i in pending)))
+            for i in pending:
+                call = final[i].call
+                assert call is not None
+                resp = await client.request(
+                    call.method, call.url, json=call.json, headers=dict(call.headers or {})
+                )
+                final[i] = Result(
+                    resp.status_code,
+                    resp.json(),
+                    final[i].started,
+                    final[i].ended,
+                    call,
+                    resp.headers.get("retry-after"),
+                )
+    return Storm(final, result.max_in_flight)
 
 
 def _max_overlap(results: Sequence[Result]) -> int:
@@ -154,13 +208,14 @@ async def storm(calls: Sequence[Call], *, connections: int, warm: Sequence[str])
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                retry_after = resp.headers.get("retry-after")
             ended = time.perf_counter()
             body: Any
             try:
                 body = json.loads(raw)
             except ValueError:
                 body = raw.decode(errors="replace")
-            return Result(status, body, started, ended)
+            return Result(status, body, started, ended, call, retry_after)
 
         tasks = [asyncio.create_task(one(call)) for call in calls]
         await asyncio.sleep(0)

@@ -18,14 +18,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GENEROUS_LIMITS",
+    "OWNER_PASSWORD",
     "Shop",
     "ShopDatabase",
+    "add_member",
+    "api_key",
+    "bearer",
     "client_for",
     "fund",
     "idem",
+    "invite",
     "make_settings",
     "new_shop",
+    "open_shop",
     "order_body",
+    "sign_in",
 ]
 
 
@@ -41,8 +48,10 @@ GENEROUS_LIMITS = {
         "UPLOADS",
         "SMS",
         "SOCKET_MESSAGES",
+        "SIGNUP",
     )
 }
+OWNER_PASSWORD = "correct horse battery staple"
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -83,7 +92,7 @@ class ShopDatabase:
 
 @dataclass(frozen=True, slots=True)
 class Shop:
-    """A shop created over HTTP: its id, API key headers and a few fixtures' ids."""
+    """A shop created over HTTP: its id, an admin API key's headers and a few fixtures' ids."""
 
     tenant_id: str
     domain: str
@@ -91,15 +100,83 @@ class Shop:
     customer_id: str
     item_id: str
     price_cents: int
+    owner_email: str
+    owner_headers: dict[str, str]
+
+
+def bearer(token: str) -> dict[str, str]:
+    """``Authorization: Bearer <token>``."""
+    return {"authorization": f"Bearer {token}"}
+
+
+async def sign_in(
+    client: httpx.AsyncClient, domain: str, email: str, password: str = OWNER_PASSWORD
+) -> dict[str, str]:
+    """Sign in (bearer mode); the login's JSON answer."""
+    resp = await client.post(
+        "/auth/login", json={"shop": domain, "email": email, "password": password}
+    )
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+async def open_shop(client: httpx.AsyncClient, name: str = "shop") -> tuple[str, str, str]:
+    """Open a shop over HTTP: (tenant id, domain, owner email)."""
+    domain = f"{name}-{secrets.token_hex(4)}.myshopify.com"
+    email = f"owner@{name}.example"
+    created = await client.post(
+        "/tenants",
+        json={
+            "name": name,
+            "domain": domain,
+            "owner_email": email,
+            "owner_password": OWNER_PASSWORD,
+        },
+    )
+    assert created.status_code == 201, created.text
+    return created.json()["id"], created.json()["domain"], email
+
+
+async def api_key(client: httpx.AsyncClient, headers: dict[str, str], role: str = "admin") -> str:
+    """A new API key of ``role``, made with ``headers`` (an owner's or an admin's)."""
+    made = await client.post(
+        "/api-keys", json={"name": f"{role} key", "role": role}, headers=headers
+    )
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
+
+
+async def invite(client: httpx.AsyncClient, shop: Shop, email: str, role: str = "staff") -> str:
+    """An invitation token for ``email`` with ``role`` (made by the shop's owner)."""
+    made = await client.post(
+        "/invitations", json={"email": email, "role": role}, headers=shop.owner_headers
+    )
+    assert made.status_code == 201, made.text
+    return str(made.json()["token"])
+
+
+async def add_member(
+    client: httpx.AsyncClient,
+    shop: Shop,
+    email: str,
+    *,
+    role: str = "staff",
+    password: str = OWNER_PASSWORD,
+) -> dict[str, str]:
+    """Invite and sign up a member; the body that signs them in (``/auth/login``)."""
+    token = await invite(client, shop, email, role)
+    joined = await client.post(
+        "/auth/signup", json={"shop": shop.domain, "invitation": token, "password": password}
+    )
+    assert joined.status_code == 201, joined.text
+    return {"shop": shop.domain, "email": email, "password": password}
 
 
 async def new_shop(client: httpx.AsyncClient, name: str = "shop", *, price: int = 1000) -> Shop:
-    """Create a shop with one customer and one catalog item, all over HTTP."""
-    domain = f"{name}-{secrets.token_hex(4)}.myshopify.com"
-    created = await client.post("/tenants", json={"name": name, "domain": domain})
-    assert created.status_code == 201, created.text
-    body = created.json()
-    headers = {"authorization": f"Bearer {body['api_key']}"}
+    """A shop (owner signed in, an admin API key) with one customer and one catalog item."""
+    tenant_id, domain, email = await open_shop(client, name)
+    owner = bearer((await sign_in(client, domain, email))["access_token"])
+    headers = bearer(await api_key(client, owner))
     customer = await client.post(
         "/customers", json={"email": f"c@{name}.example", "name": "C"}, headers=headers
     )
@@ -111,7 +188,14 @@ async def new_shop(client: httpx.AsyncClient, name: str = "shop", *, price: int 
     )
     assert item.status_code == 201, item.text
     return Shop(
-        body["id"], body["domain"], headers, customer.json()["id"], item.json()["id"], price
+        tenant_id,
+        domain,
+        headers,
+        customer.json()["id"],
+        item.json()["id"],
+        price,
+        email,
+        owner,
     )
 
 

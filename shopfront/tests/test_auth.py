@@ -11,16 +11,16 @@ import structlog
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from sf_support import ShopDatabase, client_for, make_settings, new_shop
+from sf_support import Shop, ShopDatabase, add_member, client_for, invite, make_settings, new_shop
 
 PASSWORD = "correct horse battery staple"
 
 
+_SHOPS: dict[str, Shop] = {}
+
+
 async def _user(client: AsyncClient, shop_domain: str, email: str = "u@x.example") -> None:
-    resp = await client.post(
-        "/auth/signup", json={"shop": shop_domain, "email": email, "password": PASSWORD}
-    )
-    assert resp.status_code == 201, resp.text
+    await add_member(client, _SHOPS[shop_domain], email, password=PASSWORD)
 
 
 async def _login(client: AsyncClient, shop: str, email: str = "u@x.example") -> dict[str, str]:
@@ -33,6 +33,7 @@ async def _login(client: AsyncClient, shop: str, email: str = "u@x.example") -> 
 
 async def _shop_domain(client: AsyncClient) -> str:
     shop = await new_shop(client)
+    _SHOPS[shop.domain] = shop
     return shop.domain
 
 
@@ -166,10 +167,14 @@ async def test_bcrypt_12_is_upgraded_to_argon2id_on_login(
         legacy = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=12)).decode()
         owner = pg_shop_db.owner_url.replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(owner) as conn:
-            conn.execute("UPDATE users SET password_hash = %s", (legacy,))
+            conn.execute(
+                "UPDATE users SET password_hash = %s WHERE email = 'u@x.example'", (legacy,)
+            )
         await _login(client, shop)
         with psycopg.connect(owner) as conn:
-            row = conn.execute("SELECT password_hash FROM users").fetchone()
+            row = conn.execute(
+                "SELECT password_hash FROM users WHERE email = 'u@x.example'"
+            ).fetchone()
         assert row is not None
         assert str(row[0]).startswith("$argon2id$")
         await _login(client, shop)
@@ -184,8 +189,9 @@ async def test_long_password_is_a_validation_problem_and_unknown_login_is_generi
     """A 100-byte password is a 422 (not truncated); unknown and wrong logins look the same."""
     async with client_for(redis_app) as client:
         shop = await _shop_domain(client)
+        token = await invite(client, _SHOPS[shop], "l@x.example")
         long = await client.post(
-            "/auth/signup", json={"shop": shop, "email": "l@x.example", "password": "p" * 100}
+            "/auth/signup", json={"shop": shop, "invitation": token, "password": "p" * 100}
         )
         assert (long.status_code, long.json()["code"]) == (422, "auth.password_too_long")
         assert "p" * 100 not in long.text
@@ -217,7 +223,7 @@ async def test_password_reset_is_single_use_and_answers_alike(redis_app: FastAPI
             "/auth/password-reset", json={"shop": shop, "email": "z@x.example"}
         )
         assert (known.status_code, known.json()) == (unknown.status_code, unknown.json())
-        outbox = redis_app.state.shopfront.mailer.sent
+        outbox = [m for m in redis_app.state.shopfront.mailer.sent if m.kind == "password_reset"]
         assert len(outbox) == 1
         token = outbox[-1].token
         body = {"shop": shop, "token": token, "new_password": "a brand new passphrase"}

@@ -8,7 +8,7 @@ import pytest
 import structlog
 
 from sf_storm import PrivateRedis
-from sf_support import ShopDatabase, client_for, make_settings, new_shop
+from sf_support import ShopDatabase, add_member, client_for, make_settings, new_shop
 from shopfront.app import create_app
 
 PASSWORD = "correct horse battery staple"
@@ -25,9 +25,7 @@ async def _eventually(call: object, status: int, seconds: float = 5.0) -> httpx.
 
 async def _setup(client: httpx.AsyncClient) -> dict[str, str]:
     shop = await new_shop(client)
-    body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
-    assert (await client.post("/auth/signup", json=body)).status_code == 201
-    return body
+    return await add_member(client, shop, "u@x.example", password=PASSWORD)
 
 
 @pytest.mark.anyio

@@ -16,7 +16,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sf_storm import workers
-from sf_support import GENEROUS_LIMITS, ShopDatabase, client_for, make_settings, new_shop
+from sf_support import (
+    GENEROUS_LIMITS,
+    ShopDatabase,
+    add_member,
+    client_for,
+    make_settings,
+    new_shop,
+)
 from shopfront.app import create_app
 
 PASSWORD = "correct horse battery staple"
@@ -93,8 +100,7 @@ async def test_login_storm_never_blocks_the_loop(pg_shop_db: ShopDatabase, redis
     app = create_app(make_settings(pg_shop_db.url, redis_url=redis_url))
     async with app.router.lifespan_context(app), client_for(app) as client:
         shop = await new_shop(client)
-        body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
-        assert (await client.post("/auth/signup", json=body)).status_code == 201
+        body = await add_member(client, shop, "u@x.example", password=PASSWORD)
         # Warm up with a concurrent burst: first use of the contended paths (pool
         # overflow, waiting pools) imports and compiles code once, on the loop.
         warm = await asyncio.gather(*(client.post("/auth/login", json=body) for _ in range(20)))
@@ -148,8 +154,7 @@ async def test_socket_is_refused_without_token_and_closed_on_logout_elsewhere(
     with workers(2, _env(pg_shop_db, redis_url)) as (a, b):
         async with httpx.AsyncClient(base_url=a) as client:
             shop = await new_shop(client)
-            body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
-            assert (await client.post("/auth/signup", json=body)).status_code == 201
+            body = await add_member(client, shop, "u@x.example", password=PASSWORD)
             tokens = (await client.post("/auth/login", json=body)).json()
         ws_a = a.replace("http://", "ws://") + "/ws/notifications"
         for protocols in (None, ["bearer", "not-a-token"]):
@@ -185,8 +190,7 @@ async def test_socket_messages_share_one_quota_per_user_across_sockets(
     with workers(1, env) as (a,):
         async with httpx.AsyncClient(base_url=a) as client:
             shop = await new_shop(client)
-            body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
-            assert (await client.post("/auth/signup", json=body)).status_code == 201
+            body = await add_member(client, shop, "u@x.example", password=PASSWORD)
             token = (await client.post("/auth/login", json=body)).json()["access_token"]
         url = a.replace("http://", "ws://") + "/ws/notifications"
         protocols = ["bearer", token]

@@ -38,9 +38,10 @@ def test_serve_refuses_to_start_without_secrets(tmp_path: Path) -> None:
 
 
 def test_check_reports_not_ready_in_development(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`shopfront check` exits 1 on development defaults and says why."""
+    monkeypatch.chdir(tmp_path)  # development keeps its secrets in the working directory
     for name in (*_SERVICE_VARS, "ENVIRONMENT"):
         monkeypatch.delenv(name, raising=False)
     assert main(["check"]) == 1

@@ -72,8 +72,20 @@ async def _seed_a(client: AsyncClient, app: FastAPI) -> tuple[Shop, dict[str, st
             f"/orders/{order['id']}/shipments", json={"carrier": "DHL", "version": 2}, headers=h
         )
     ).json()
+    invitation = (
+        await client.post(
+            "/invitations",
+            json={"email": "invited@alpha.example", "role": "staff"},
+            headers=a.owner_headers,
+        )
+    ).json()
+    keys = (await client.get("/api-keys", headers=a.owner_headers)).json()["items"]
+    members = (await client.get("/members", headers=a.owner_headers)).json()["items"]
     return a, {
         **await _seed_wallet(client, a),
+        "key_id": keys[0]["id"],
+        "invitation_id": invitation["id"],
+        "owner_id": members[0]["id"],
         "coupon_id": coupon["id"],
         "order_id": order["id"],
         "order_number": order["number"],
@@ -96,9 +108,38 @@ async def _seed_wallet(client: AsyncClient, a: Shop) -> dict[str, str]:
     }
 
 
+def _member_probes(a: Shop, ids: dict[str, str]) -> dict[tuple[str, str], Probe]:
+    key, invitation, owner = ids["key_id"], ids["invitation_id"], ids["owner_id"]
+    return {
+        ("GET", "/api-keys"): Probe(expect="absent", secrets=(key,)),
+        ("POST", "/api-keys"): Probe(
+            json={"name": "b key", "role": "staff"}, expect="absent", secrets=(key,)
+        ),
+        ("POST", "/api-keys/{key_id}/rotate"): Probe(path_params={"key_id": key}, json={}),
+        ("DELETE", "/api-keys/{key_id}"): Probe(path_params={"key_id": key}),
+        ("GET", "/members"): Probe(expect="absent", secrets=(owner, a.owner_email)),
+        ("PATCH", "/members/{user_id}"): Probe(
+            path_params={"user_id": owner}, json={"role": "read_only"}
+        ),
+        ("DELETE", "/members/{user_id}"): Probe(path_params={"user_id": owner}),
+        ("GET", "/invitations"): Probe(
+            expect="absent", secrets=(invitation, "invited@alpha.example")
+        ),
+        ("POST", "/invitations"): Probe(
+            json={"email": "invited@alpha.example", "role": "staff"},
+            expect="absent",
+            secrets=(invitation,),
+        ),
+        ("DELETE", "/invitations/{invitation_id}"): Probe(
+            path_params={"invitation_id": invitation}
+        ),
+    }
+
+
 def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Probe]:
     secrets = (a.customer_id, a.item_id, ids["order_id"], ids["order_number"], "c@alpha.example")
     return {
+        **_member_probes(a, ids),
         ("GET", "/tenants/{tenant_id}"): Probe(path_params={"tenant_id": a.tenant_id}),
         ("POST", "/customers"): Probe(
             json={"email": "c@alpha.example", "name": "Same email, other shop"},
@@ -193,9 +234,16 @@ async def _probe_all(app: FastAPI, shop_db: ShopDatabase) -> None:
             coupon = (await client.get(f"/coupons/{ids['coupon_id']}")).json()
             wallet = (await client.get("/wallet")).json()
             held = (await client.get(f"/wallet/reservations/{ids['held_id']}")).json()
+            members = (await client.get("/members")).json()["items"]
+            keys = (await client.get("/api-keys")).json()["items"]
+            invitations = (await client.get("/invitations")).json()["items"]
     finally:
         await app.state.shopfront.db.aclose()
-    assert len(probed) == 25
+    assert len(probed) == 35
+    assert [(m["id"], m["role"]) for m in members] == [(ids["owner_id"], "owner")]
+    key = next(k for k in keys if k["id"] == ids["key_id"])
+    assert (key["revoked_at"], key["replaced_by"]) == (None, None)
+    assert [i["id"] for i in invitations] == [ids["invitation_id"]]
     assert (order["status"], order["version"]) == ("shipped", 3)
     assert (shipment["status"], shipment["version"]) == ("label_created", 1)
     assert coupon["used"] == 1
@@ -236,7 +284,7 @@ async def test_rls_alone_hides_foreign_rows_from_the_app_role(pg_shop_db: ShopDa
             r[0]
             for r in conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")
         }
-    assert len(tables) == 11  # every table with a tenant_id column
+    assert len(tables) == 13  # every table with a tenant_id column
     assert all(enabled and forced for _, enabled, forced in tables), tables
     assert role == (False, False)
     assert "shopfront_app" not in owners

@@ -9,7 +9,15 @@ import pytest
 
 from hardened.errors import StoreUnavailable
 from sf_storm import Call, PrivateRedis, storm, workers
-from sf_support import GENEROUS_LIMITS, Shop, ShopDatabase, client_for, make_settings, new_shop
+from sf_support import (
+    GENEROUS_LIMITS,
+    Shop,
+    ShopDatabase,
+    add_member,
+    client_for,
+    make_settings,
+    new_shop,
+)
 from shopfront.app import create_app
 
 PASSWORD = "correct horse battery staple"
@@ -30,7 +38,7 @@ async def test_50_per_minute_holds_across_two_workers(
         "JWT_SECRET": secrets.token_urlsafe(48),
         "SESSION_SECRET": secrets.token_urlsafe(48),
         "COOKIE_SECRET": secrets.token_urlsafe(48),
-        "RATE_LIMIT_TENANT": "52/60",  # two requests go to setting the shop up
+        "RATE_LIMIT_TENANT": "53/60",  # three go to setting the shop up (key, customer, item)
     }
     with workers(2, env) as urls:
         async with httpx.AsyncClient(base_url=urls[0]) as client:
@@ -50,18 +58,19 @@ async def test_50_per_minute_holds_across_two_workers(
 @pytest.mark.anyio
 async def test_login_is_limited_per_account_with_headers(shop_db: ShopDatabase) -> None:
     """The 6th login to one account in the window is a 429 with Retry-After and limit headers."""
+    setup = create_app(make_settings(shop_db.url, migration_database_url=shop_db.owner_url))
+    async with client_for(setup) as client:  # the owner's own sign-in is not counted below
+        shop = await new_shop(client)
+        body = await add_member(client, shop, "u@x.example", password=PASSWORD)
+    await _close(setup)
     app = create_app(
         make_settings(
             shop_db.url, rate_limit_login="5/900", migration_database_url=shop_db.owner_url
         )
     )
     async with client_for(app) as client:
-        shop = await new_shop(client)
-        body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
-        assert (await client.post("/auth/signup", json=body)).status_code == 201
         answers = [await client.post("/auth/login", json=body) for _ in range(6)]
-    await app.state.shopfront.store.aclose()
-    await app.state.shopfront.db.aclose()
+    await _close(app)
     assert Counter(r.status_code for r in answers) == {200: 5, 429: 1}
     refused = answers[-1]
     assert refused.headers["content-type"] == "application/problem+json"
@@ -77,8 +86,7 @@ def _ratelimit(resp: httpx.Response) -> dict[str, int]:
 
 
 async def _sign_in(client: httpx.AsyncClient, shop: Shop) -> dict[str, str]:
-    body = {"shop": shop.domain, "email": "staff@x.example", "password": PASSWORD}
-    assert (await client.post("/auth/signup", json=body)).status_code == 201
+    body = await add_member(client, shop, "staff@x.example", password=PASSWORD)
     login = await client.post("/auth/login", json=body)
     assert login.status_code == 200, login.text
     return {"authorization": f"Bearer {login.json()['access_token']}"}
@@ -95,10 +103,10 @@ async def test_saturated_tenant_leaves_other_tenants_untouched(
     pg_shop_db: ShopDatabase, redis_url: str
 ) -> None:
     """Shop A exhausting its quota (concurrently, on Redis) costs shop B nothing."""
-    settings = make_settings(pg_shop_db.url, redis_url=redis_url, rate_limit_tenant="7/60")
+    settings = make_settings(pg_shop_db.url, redis_url=redis_url, rate_limit_tenant="8/60")
     app = create_app(settings)
     async with client_for(app) as client:
-        a, b = await new_shop(client, "a"), await new_shop(client, "b")  # 2 requests each
+        a, b = await new_shop(client, "a"), await new_shop(client, "b")  # 3 requests each
         flood = await asyncio.gather(
             *(client.get("/customers", headers=a.headers) for _ in range(12))
         )
@@ -126,15 +134,16 @@ async def test_catalog_reads_are_limited_per_caller_and_refusals_cost_nothing(
         after = await client.get("/customers", headers=shop.headers)
     await _close(app)
     assert [r.status_code for r in reads] == [200, 200, 200, 429]
-    assert _ratelimit(reads[2]) == {"catalog": 0, "tenant": 95}
+    assert _ratelimit(reads[2]) == {"catalog": 0, "tenant": 94}
     refused = reads[3]
     assert refused.json()["violated_policy"] == "catalog"
     assert refused.headers["content-type"] == "application/problem+json"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert other_caller.status_code == 200
     assert _ratelimit(other_caller)["catalog"] == 2
-    # 2 setup + 3 reads + the other caller's read: the refused read consumed nothing.
-    assert _ratelimit(after) == {"tenant": 93}
+    # 3 setup + 3 reads + the invitation + the other caller's read + this one: the refused
+    # read consumed nothing.
+    assert _ratelimit(after) == {"tenant": 91}
 
 
 @pytest.mark.anyio
@@ -172,8 +181,7 @@ async def test_redis_stopped_each_policy_follows_its_fail_mode(
     app = create_app(settings)
     async with client_for(app) as client:
         shop = await new_shop(client)
-        body = {"shop": shop.domain, "email": "u@x.example", "password": PASSWORD}
-        assert (await client.post("/auth/signup", json=body)).status_code == 201
+        body = await add_member(client, shop, "u@x.example", password=PASSWORD)
         private_redis.stop()
         reads = [await client.get("/catalog/items", headers=shop.headers) for _ in range(3)]
         login = await client.post("/auth/login", json=body)

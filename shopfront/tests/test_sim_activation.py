@@ -19,6 +19,7 @@ from sf_support import (
     ShopDatabase,
     client_for,
     fund,
+    idem,
     make_settings,
     new_shop,
 )
@@ -203,6 +204,66 @@ async def test_worker_killed_at_each_phase_activates_and_charges_once(
     assert sim.by_iccid == {body["iccid"]: 1}
     assert books["kinds"] == {"top_up": 1, "reserve": 1, "capture": 1}
     assert (books["balance"], books["reserved"], books["problems"]) == (1000 - PRICE, 0, [])
+
+
+async def test_a_killed_workers_key_is_free_again_after_the_short_default_lease(
+    pg_shop_db: ShopDatabase,
+) -> None:
+    """With the default 5 s lease, a SIGKILLed worker's key answers 409 for at most ~5 s."""
+    local = create_app(make_settings(pg_shop_db.url))
+    async with running_fake_sim() as sim:
+        env = {k: v for k, v in _env(pg_shop_db, sim.url).items() if k != "IDEMPOTENCY_LEASE"}
+        with workers(1, {**env, "SIM_CRASH_AFTER": "reserve"}) as [url]:
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                shop = await new_shop(client)
+                await fund(local, shop, 1000)
+                headers = {**shop.headers, "idempotency-key": str(uuid.uuid4())}
+                body = _activation(_iccid())
+                with pytest.raises(httpx.TransportError):
+                    await client.post("/sims/activations", json=body, headers=headers)
+        with workers(1, env) as [url]:
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                busy = []
+                for _ in range(200):
+                    done = await client.post("/sims/activations", json=body, headers=headers)
+                    if done.status_code != 409:
+                        break
+                    busy.append(int(done.headers["retry-after"]))
+                    await asyncio.sleep(0.2)
+    await local.state.shopfront.db.aclose()
+    assert done.status_code == 201, done.text
+    assert all(1 <= wait <= 5 for wait in busy), busy
+    assert sim.by_iccid == {body["iccid"]: 1}
+
+
+async def test_requests_past_the_in_flight_cap_are_shed_at_once(pg_shop_db: ShopDatabase) -> None:
+    """With MAX_IN_FLIGHT_REQUESTS=1 and one request held, the next is a 503 with Retry-After."""
+    async with running_fake_sim() as sim:
+        settings = make_settings(pg_shop_db.url, sim_provider_url=sim.url, max_in_flight_requests=1)
+        app = create_app(settings)
+        try:
+            async with client_for(app) as client:
+                shop = await new_shop(client)
+                await fund(app, shop, 1000)
+                sim.gate = asyncio.Event()
+                held = asyncio.create_task(
+                    client.post(
+                        "/sims/activations", json=_activation(_iccid()), headers=idem(shop.headers)
+                    )
+                )
+                await sim.arrived.wait()
+                shed = await client.get("/catalog/items", headers=shop.headers)
+                live = await client.get("/health/live")
+                sim.gate.set()
+                finished = await held
+                after = await client.get("/catalog/items", headers=shop.headers)
+        finally:
+            await app.state.shopfront.db.aclose()
+    assert (shed.status_code, shed.json()["code"]) == (503, "service.overloaded")
+    assert int(shed.headers["retry-after"]) >= 1
+    assert live.status_code == 200  # probes are never shed
+    assert finished.status_code == 201, finished.text
+    assert after.status_code == 200
 
 
 async def _until_done(

@@ -1,8 +1,13 @@
 """The shopfront application factory.
 
 Middleware order, outermost first, is chosen so every refusal is cheap and
-still carries a correlation id: request id → client IP (trusted proxies) →
-trusted hosts → security headers → CORS → body limit → content type → routes.
+still carries a correlation id and the security headers: request id → drain
+(``Connection: close`` once shutting down) → load shedding → HEAD served as
+GET → client IP (trusted proxies) → trusted hosts → security headers → error
+boundary (a crash or a lost database is a problem+json, the connection kept)
+→ CORS → identity (the caller, verified once) → CSRF (cookie-authenticated
+requests) → rate limits (keyed on the identity) → body limit → content type
+→ idempotency → routes, where each route's declared permission is checked.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import contextlib
 import gc
 from typing import TYPE_CHECKING, Annotated, Any
 
+import structlog
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from hardened.crypto import derive_key
+from hardened.db import conflict_error, unavailable_error
 from hardened.fastapi import install_problem_handlers
 from hardened.http import (
     HSTS,
@@ -27,6 +34,12 @@ from hardened.http import (
     CORSMiddleware,
     CORSPolicy,
     CSRFMiddleware,
+    Drain,
+    DrainMiddleware,
+    ErrorBoundaryMiddleware,
+    HeadMiddleware,
+    IdentityMiddleware,
+    LoadShedMiddleware,
     RequestIdMiddleware,
     SecurityHeaders,
     SecurityHeadersMiddleware,
@@ -37,17 +50,30 @@ from hardened.idempotency import IdempotencyMiddleware, SqlBackend
 from hardened.ledger import Ledger
 from hardened.logging import configure_logging
 from hardened.observability import Health, check
+from hardened.ratelimit import RateLimitMiddleware
 from hardened.stores import FallbackStore, MemoryStore, RedisStore
 from shopfront import __version__
 from shopfront.auth import build_auth, revocation_listener, secret_value
 from shopfront.db import Database
 from shopfront.exactly_once import GUARDED_ROUTES, http_config
 from shopfront.housekeeping import housekeeping
-from shopfront.limits import build_limits
+from shopfront.identity import CREDENTIAL_COOKIES, authenticator
+from shopfront.limits import build_limits, by_shop
 from shopfront.mailer import OutboxMailer
 from shopfront.models import IDEMPOTENCY, LEDGER
+from shopfront.permissions import public
+from shopfront.routes import (
+    api_keys,
+    catalog,
+    coupons,
+    customers,
+    members,
+    orders,
+    sims,
+    tenants,
+    wallet,
+)
 from shopfront.routes import auth as auth_routes
-from shopfront.routes import catalog, coupons, customers, orders, sims, tenants, wallet
 from shopfront.services.imports import IMPORT_MAX_BYTES
 from shopfront.settings import Settings
 from shopfront.sim_provider import SimProvider
@@ -61,9 +87,14 @@ if TYPE_CHECKING:
 
 __all__ = ["create_app"]
 
+_log = structlog.get_logger("shopfront.app")
+# Foreign exceptions that are not bugs: the database unavailable is a 503, a deadlock or
+# serialization failure outside run_transaction a 409 to retry.
+TRANSLATE = (unavailable_error, conflict_error)
+
 
 def _stores(settings: Settings) -> tuple[Store, Store, Any | None]:
-    """(general store, token store, redis client for pub/sub)."""
+    """(general store, token store, redis client for pub/sub); the general one is the primary."""
     if not settings.redis_url:
         memory = MemoryStore()
         return memory, memory, None
@@ -79,7 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(json=settings.json_logs, level="DEBUG" if settings.debug_enabled else "INFO")
     db = Database(settings)
     store, token_store, redis_client = _stores(settings)
-    auth = build_auth(settings, token_store, redis_client)
+    auth = build_auth(settings, token_store, store, redis_client)
+    drain = Drain()
     checks = [check("database", db.ping)]
     if settings.redis_url:
         # Without Redis the service still serves (degraded) unless tokens require it.
@@ -89,16 +121,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         db=db,
         store=store,
-        health=Health(checks),
+        health=Health(checks, drain=drain),
         auth=auth,
         mailer=OutboxMailer(),
         limits=build_limits(settings, store),
         ledger=Ledger(LEDGER),
-        idempotency=SqlBackend(db.engine, IDEMPOTENCY),
+        idempotency=SqlBackend(db.records, IDEMPOTENCY),
         sim=SimProvider(settings.sim_provider_url, timeout=settings.sim_provider_timeout),
         idempotency_secret=derive_key(
             secret_value(settings, "session_secret"), "shopfront idempotency"
         ),
+        drain=drain,
     )
 
     app = FastAPI(
@@ -109,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.shopfront = state
-    install_problem_handlers(app, debug=settings.debug_enabled)
+    install_problem_handlers(app, debug=settings.debug_enabled, translate=TRANSLATE)
     _add_routes(app)
     _add_middleware(app, state)
     return app
@@ -120,6 +153,9 @@ def _add_routes(app: FastAPI) -> None:
         auth_routes.router,
         auth_routes.sockets,
         tenants.router,
+        members.router,
+        members.invitations,
+        api_keys.router,
         customers.router,
         catalog.router,
         coupons.router,
@@ -130,18 +166,18 @@ def _add_routes(app: FastAPI) -> None:
     ):
         app.include_router(router)
 
-    @app.get("/health/live", tags=["health"])
+    @app.get("/health/live", tags=["health"], dependencies=[public()])
     async def live() -> dict[str, str]:
         """The process answers."""
         return {"status": "ok"}
 
-    @app.get("/health/ready", tags=["health"])
+    @app.get("/health/ready", tags=["health"], dependencies=[public()])
     async def ready(state: Annotated[AppState, Depends(app_state)]) -> JSONResponse:
         """Every dependency answers (503 when a critical one does not)."""
         result = await state.health.ready()
         return JSONResponse(result.as_dict(), status_code=result.http_status)
 
-    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    @app.get("/metrics", tags=["health"], include_in_schema=False, dependencies=[public()])
     async def metrics() -> Response:
         """Prometheus exposition."""
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
@@ -152,6 +188,10 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
     async def run(_app: FastAPI) -> AsyncIterator[None]:
         # Everything alive after start-up lives as long as the process: freezing it
         # keeps full collections small, so a GC pause never stalls the loop for long.
+        try:
+            await state.db.reserve()
+        except Exception:  # noqa: BLE001 - readiness reports the database; serving starts anyway
+            _log.warning("db.reserve_failed", exc_info=True)
         gc.collect()
         gc.freeze()
         async with revocation_listener(state.auth), housekeeping(state):
@@ -166,7 +206,7 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
 
 
 def _add_middleware(app: FastAPI, state: AppState) -> None:
-    settings, csrf = state.settings, state.auth.csrf
+    settings, csrf, limits = state.settings, state.auth.csrf, state.limits
     proxies = TrustedProxies.from_strings(settings.trusted_proxies)
     debug = settings.debug_enabled
     # add_middleware wraps: the last one added is the outermost. Idempotency is the
@@ -176,7 +216,7 @@ def _add_middleware(app: FastAPI, state: AppState) -> None:
         backend=state.idempotency,
         secret=state.idempotency_secret,
         rules=GUARDED_ROUTES,
-        config=http_config(settings, state.auth.access),
+        config=http_config(settings),
     )
     csv_only = ContentTypePolicy(path_overrides={"/orders/import": {"text/csv"}})
     app.add_middleware(ContentTypeMiddleware, policy=csv_only, debug=debug)
@@ -186,6 +226,17 @@ def _add_middleware(app: FastAPI, state: AppState) -> None:
         path_overrides={"/orders/import": IMPORT_MAX_BYTES},
         debug=debug,
     )
+    app.add_middleware(
+        RateLimitMiddleware,
+        limiter=limits.limiter,
+        rules=limits.rules(),
+        default=((limits.tenant, by_shop),),
+        debug=debug,
+    )
+    app.add_middleware(CSRFMiddleware, policy=csrf, debug=debug)
+    app.add_middleware(
+        IdentityMiddleware, authenticate=authenticator(state), cookies=CREDENTIAL_COOKIES
+    )
     cors = CORSPolicy(
         allow_origins=settings.cors_origins, allow_origin_patterns=settings.cors_origin_patterns
     )
@@ -193,8 +244,14 @@ def _add_middleware(app: FastAPI, state: AppState) -> None:
     headers = SecurityHeaders(
         hsts=HSTS() if settings.hsts else None, csp_overrides={"/docs": SWAGGER_UI_CSP}
     )
-    app.add_middleware(CSRFMiddleware, policy=csrf, debug=debug)
+    app.add_middleware(ErrorBoundaryMiddleware, translate=TRANSLATE, debug=debug)
     app.add_middleware(SecurityHeadersMiddleware, config=headers)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, debug=debug)
     app.add_middleware(ClientIPMiddleware, trusted_proxies=proxies)
+    app.add_middleware(HeadMiddleware)
+    if settings.max_in_flight_requests:
+        app.add_middleware(
+            LoadShedMiddleware, max_in_flight=settings.max_in_flight_requests, debug=debug
+        )
+    app.add_middleware(DrainMiddleware, drain=state.drain)
     app.add_middleware(RequestIdMiddleware, trusted_proxies=proxies)

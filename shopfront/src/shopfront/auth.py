@@ -1,23 +1,32 @@
 """User authentication for shopfront: the hardened.auth parts wired to settings.
 
 Keys: every secret purpose gets its own HKDF subkey (refresh-token hashing,
-reset-token hashing, CSRF signing), so one configured secret never does two
-jobs. Token store: Redis when configured; in strict mode
+reset and invitation tokens, CSRF signing), so one configured secret never does
+two jobs. Token store: Redis when configured; in strict mode
 (``AUTH_REQUIRE_REDIS_FOR_TOKENS``) an unreachable store is a 503 with
 ``Retry-After``, otherwise a visible in-process fallback (`FallbackStore`:
 tokens issued during the outage live in that worker only and die with it).
+
+An access token is valid while its session (refresh family) is live, checked
+in one round trip (`user_claims`), so sign-out, reuse detection and
+sign-out-everywhere end its access tokens at once. In non-strict mode, while
+Redis is down, that check cannot be made: tokens are then accepted until they
+expire (at most ``ACCESS_TOKEN_TTL``), logged as ``auth.session_unchecked`` —
+the availability the operator chose.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+import structlog
+from fastapi import Depends
 
 from hardened.auth.passwords import PasswordHasher, PasswordPolicy
 from hardened.auth.refresh import RefreshConfig, RefreshTokens
-from hardened.auth.tokens import AccessClaims, AccessTokenConfig, AccessTokens, issued_before
+from hardened.auth.tokens import AccessClaims, AccessTokenConfig, AccessTokens, revoked_error
 from hardened.auth.websockets import (
     MemoryRevocationBus,
     RedisRevocationBus,
@@ -28,13 +37,13 @@ from hardened.auth.websockets import (
 from hardened.crypto import derive_key
 from hardened.errors import MaintenanceMode, ServiceUnavailable, StoreUnavailable, Unauthorized
 from hardened.http import CSRFPolicy
+from shopfront.models import ROLE_NAMES
 from shopfront.state import AppState, app_state
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
 
-    from hardened._types import Scope
     from hardened.auth.websockets import RevocationBus
     from hardened.stores import Store
     from shopfront.settings import Settings
@@ -43,10 +52,12 @@ __all__ = [
     "ACCESS_COOKIE",
     "SESSION_COOKIE",
     "Auth",
-    "CurrentUser",
     "build_auth",
+    "revoke_sessions",
     "secret_value",
+    "session_of_cookie",
     "store_call",
+    "user_claims",
 ]
 
 T = TypeVar("T")
@@ -54,6 +65,7 @@ T = TypeVar("T")
 SESSION_COOKIE = "session"
 ACCESS_COOKIE = "access_token"
 STORE_RETRY_AFTER = 5
+_log = structlog.get_logger("shopfront.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +73,10 @@ class Auth:
     hasher: PasswordHasher
     access: AccessTokens
     refresh: RefreshTokens
+    sessions: RefreshTokens
+    """Session checks, on the primary store only (see the module docstring)."""
     reset_key: bytes
+    invitation_key: bytes
     csrf: CSRFPolicy
     registry: SocketRegistry
     bus: RevocationBus
@@ -76,9 +91,17 @@ def secret_value(settings: Settings, name: str) -> str:
     return str(value.get_secret_value())
 
 
-def build_auth(settings: Settings, store: Store, redis_client: Any | None) -> Auth:
-    """Every auth component of the service, from its settings."""
+def build_auth(settings: Settings, store: Store, primary: Store, redis_client: Any | None) -> Auth:
+    """Every auth component of the service, from its settings.
+
+    ``store`` holds the tokens (a `FallbackStore` in non-strict mode), ``primary``
+    is the store behind it, where sessions are checked.
+    """
     session_secret = secret_value(settings, "session_secret")
+    refresh_key = derive_key(session_secret, "shopfront refresh tokens")
+    refresh_config = RefreshConfig(
+        ttl=float(settings.refresh_token_ttl), grace=settings.refresh_grace_seconds
+    )
     registry = SocketRegistry()
     bus: RevocationBus = (
         RedisRevocationBus(redis_client) if redis_client is not None else MemoryRevocationBus()
@@ -103,18 +126,12 @@ def build_auth(settings: Settings, store: Store, redis_client: Any | None) -> Au
                 ttl=float(settings.access_token_ttl),
             )
         ),
-        refresh=RefreshTokens(
-            store,
-            key=derive_key(session_secret, "shopfront refresh tokens"),
-            config=RefreshConfig(
-                ttl=float(settings.refresh_token_ttl), grace=settings.refresh_grace_seconds
-            ),
-            on_revoked=on_revoked,
-        ),
+        refresh=RefreshTokens(store, key=refresh_key, config=refresh_config, on_revoked=on_revoked),
+        sessions=RefreshTokens(primary, key=refresh_key, config=refresh_config),
         reset_key=derive_key(session_secret, "shopfront password resets"),
+        invitation_key=derive_key(session_secret, "shopfront invitations"),
         csrf=CSRFPolicy(
             secret=derive_key(secret_value(settings, "cookie_secret"), "shopfront csrf"),
-            session_cookie=SESSION_COOKIE,
             cookie_secure=settings.cookie_secure,
         ),
         registry=registry,
@@ -149,56 +166,53 @@ def not_in_maintenance(state: Annotated[AppState, Depends(app_state)]) -> None:
         raise MaintenanceMode(s.auth_maintenance_message, retry_after=retry)
 
 
-def bearer_token(request: Request) -> str | None:
-    """The access token from ``Authorization: Bearer`` or, in cookie mode, its cookie."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token:
-        return token.strip()
-    return request.cookies.get(ACCESS_COOKIE)
+async def revoke_sessions(auth: Auth, user_id: str) -> None:
+    """Sign the user out everywhere: every session, refresh and access token ends now."""
+    await store_call(lambda: auth.refresh.revoke_all(user_id))
 
 
-_VERIFIED = "shopfront.verified_access"
+def _bad_token(reason: str) -> Unauthorized:
+    return Unauthorized(
+        "The access token is invalid.",
+        code="auth.invalid_token",
+        context={"reason": reason},
+        headers={"www-authenticate": 'Bearer error="invalid_token"'},
+    )
 
 
-def verified_access(scope: Scope, access: AccessTokens, token: str) -> AccessClaims:
-    """``access.verify(token)``, once per request: the verdict is kept in the ASGI state.
+async def _session_active(auth: Auth, claims: AccessClaims) -> bool:
+    try:
+        return await auth.sessions.session_active(claims.sub, claims.sid)
+    except StoreUnavailable:
+        if auth.strict:
+            raise ServiceUnavailable(
+                "Sign-in is temporarily unavailable. Please retry shortly.",
+                code="auth.token_store_unavailable",
+                retry_after=STORE_RETRY_AFTER,
+            ) from None
+        _log.warning("auth.session_unchecked", user_id=claims.sub)
+        return True
 
-    The idempotency scope (middleware) and the route's auth dependency both need
-    the token's claims; the signature is checked once, by whichever asks first.
-    """
-    state = scope.setdefault("state", {})
-    kept = state.get(_VERIFIED)
-    if kept is not None and kept[0] == token:
-        claims: AccessClaims = kept[1]
-        return claims
-    claims = access.verify(token)
-    state[_VERIFIED] = (token, claims)
+
+async def user_claims(auth: Auth, token: str) -> AccessClaims:
+    """A user's verified access-token claims: signature, claims, shop, role, live session."""
+    claims = auth.access.verify(token)
+    # Signed by us, so these hold unless the key leaked or the format changed: refuse, never 500.
+    try:
+        uuid.UUID(claims.tenant)
+    except ValueError:
+        raise _bad_token("tenant_not_uuid") from None
+    if claims.extra.get("role") not in ROLE_NAMES:
+        raise _bad_token("unknown_role")
+    if not await _session_active(auth, claims):
+        raise revoked_error()
     return claims
 
 
-async def verify_access(auth: Auth, token: str, scope: Scope | None = None) -> AccessClaims:
-    """Verify a JWT and refuse it when the user logged out everywhere after it was issued."""
-    access = auth.access
-    claims = access.verify(token) if scope is None else verified_access(scope, access, token)
-    not_before = await store_call(lambda: auth.refresh.not_before(claims.sub))
-    if issued_before(claims, not_before):
-        raise Unauthorized("The session was signed out.", code="auth.token_revoked")
-    return claims
-
-
-async def current_user(request: Request, auth: Annotated[Auth, Depends(auth_of)]) -> AccessClaims:
-    """Dependency: the signed-in user's verified access-token claims."""
-    token = bearer_token(request)
-    if token is None:
-        raise Unauthorized(
-            "Sign in first.",
-            code="auth.missing_credentials",
-            headers={"www-authenticate": "Bearer"},
-        )
-    return await verify_access(auth, token, request.scope)
-
-
-CurrentUser = Annotated[AccessClaims, Depends(current_user)]
+def session_of_cookie(value: str | None) -> str | None:
+    """The session (family id) a refresh-token cookie names, without verifying it."""
+    parts = (value or "").split(".")
+    return parts[1] if len(parts) == 3 and parts[1] else None
 
 
 def revocation_listener(auth: Auth) -> AbstractAsyncContextManager[None]:

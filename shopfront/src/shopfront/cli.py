@@ -2,37 +2,173 @@
 
 Configuration errors exit with status 2 and a message naming each bad
 variable (never its value); ``check`` exits 1 when the deploy is not ready.
+
+``serve`` shuts down without resetting a request. Closing the listener at the
+first SIGTERM resets what clients are already sending on keep-alive
+connections, so the first SIGTERM or SIGINT starts a drain instead: readiness
+answers 503 ``draining`` and every response carries ``Connection: close``
+while the server keeps serving for ``SHUTDOWN_DRAIN_SECONDS`` (0: no drain),
+long enough for the load balancer to take the instance out, and no shorter
+than uvicorn's keep-alive timeout (5 s), so that idle keep-alive connections
+are closed by that timeout rather than by the listener's close. Then uvicorn's
+graceful exit stops accepting and gives requests in flight
+``SHUTDOWN_GRACE_SECONDS`` to finish; the process exits 0. A second signal
+exits at once (status 1). With ``--workers N`` every worker drains: uvicorn's
+supervisor forwards one SIGTERM to each.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import multiprocess
 
 from hardened.config import ConfigError, readiness
-from shopfront.settings import Settings
+from hardened.http import Drain
+from shopfront.settings import DEV_SECRETS_FILE, Settings
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Sequence
+    from types import FrameType
 
 __all__ = ["main"]
+
+_log = structlog.get_logger("shopfront.serve")
 
 
 def _load() -> Settings:
     return Settings.load()
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415 - only the serve command needs the server
+class _ServeConfig(uvicorn.Config):
+    """uvicorn's config plus the drain period; pickled into every worker process with it."""
 
+    def __init__(self, app: str, *, drain_seconds: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.drain_seconds = drain_seconds
+
+
+def _drain_of(app: object) -> Drain | None:
+    """The drain of the app uvicorn loaded (``app.state.shopfront.drain``), under its wrappers."""
+    for _ in range(8):
+        state = getattr(getattr(app, "state", None), "shopfront", None)
+        if state is not None:
+            drain = getattr(state, "drain", None)
+            return drain if isinstance(drain, Drain) else None
+        app = getattr(app, "app", None)
+    return None
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server: its first signal drains before the graceful exit, a second forces it.
+
+    A ``supervised`` server is a ``--workers`` child. Its supervisor forwards a
+    SIGTERM on every shutdown, and a Ctrl+C reaches the child too (SIGINT goes
+    to the whole process group), so there only a SIGINT counts as a second
+    signal. The signals are not re-raised after the graceful exit (uvicorn's
+    default): a drained shutdown is a clean exit, status 0.
+    """
+
+    def __init__(self, config: _ServeConfig, *, supervised: bool = False) -> None:
+        super().__init__(config)
+        self.drain_seconds = config.drain_seconds
+        self.supervised = supervised
+        self.forced = False
+        self._drain_until: float | None = None
+        self._announced = False
+
+    def _start_drain(self) -> None:
+        drain = _drain_of(getattr(self.config, "loaded_app", None))
+        if drain is not None:
+            drain.start()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: it only sets flags (no logging, no event-loop calls).
+        if self._drain_until is None:
+            self._start_drain()
+            self._drain_until = time.monotonic() + self.drain_seconds
+            self.should_exit = self.drain_seconds <= 0
+            return
+        if self.supervised and sig != signal.SIGINT:
+            return
+        self.should_exit = self.force_exit = self.forced = True
+
+    async def on_tick(self, counter: int) -> bool:
+        until = self._drain_until
+        if until is not None:
+            if not self._announced:
+                self._announced = True
+                self._start_drain()  # again, in case the signal came before the app was loaded
+                _log.info("shutdown_draining", drain_seconds=self.drain_seconds)
+            if not self.should_exit and time.monotonic() >= until:
+                _log.info("shutdown_drained")
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Logged before uvicorn closes the listener, with no await in between.
+        _log.info("shutdown_closing", in_flight=len(self.server_state.tasks))
+        await super().shutdown(sockets)
+
+
+class _WorkerProcess(multiprocess.Process):
+    """A ``--workers`` child that runs `_DrainingServer` instead of uvicorn's plain one."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            config = self.config
+            assert isinstance(config, _ServeConfig)  # noqa: S101 - _run builds it
+            self._server = _DrainingServer(config, supervised=True)
+        return self._server
+
+
+def _run(config: _ServeConfig) -> int:
+    """What ``uvicorn.run`` does for a TCP socket, with the draining server in every process."""
+    if config.workers > 1:
+        sock = config.bind_socket()
+        # uvicorn's supervisor builds every worker's server as a plain uvicorn.Server and has
+        # no hook for a subclass: while it runs (in this parent only) it builds ours instead.
+        plain = multiprocess.Process
+        multiprocess.Process = _WorkerProcess  # type: ignore[misc]
+        try:
+            multiprocess.Multiprocess(config, sockets=[sock]).run()
+        finally:
+            multiprocess.Process = plain  # type: ignore[misc]
+        return 0
+    server = _DrainingServer(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # a Ctrl+C before the server installed its handlers
+        return 130
+    if not server.started:
+        return STARTUP_FAILURE
+    return 1 if server.forced else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
     from shopfront.migrate import upgrade  # noqa: PLC0415
 
     settings = _load()
+    if settings.is_development:
+        sys.stderr.write(
+            f"shopfront: development mode; generated secrets are kept in {DEV_SECRETS_FILE}"
+            " (git-ignored). Set JWT_SECRET, SESSION_SECRET and COOKIE_SECRET elsewhere.\n"
+        )
     if settings.should_auto_migrate:
         upgrade(settings.migrations_url, app_role=settings.db_app_role)
-    uvicorn.run(
+    config = _ServeConfig(
         "shopfront.app:create_app",
+        drain_seconds=settings.shutdown_drain_seconds,
         factory=True,
         host=args.host,
         port=args.port,
@@ -41,8 +177,9 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
         access_log=args.access_log,
         log_config=None,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
-    return 0
+    return _run(config)
 
 
 def _check(_args: argparse.Namespace) -> int:

@@ -1,7 +1,17 @@
-"""Engine and session factory for PostgreSQL (psycopg 3) and SQLite (aiosqlite)."""
+"""Engines and the session factory for PostgreSQL (psycopg 3) and SQLite (aiosqlite).
+
+Two pools per worker on PostgreSQL: the business pool (``DB_POOL_SIZE`` +
+``DB_MAX_OVERFLOW`` connections, a request waits ``DB_POOL_TIMEOUT`` seconds
+for one, then gets a 503 with ``Retry-After``) and a small one reserved for
+idempotency records (``IDEMPOTENCY_POOL_SIZE``, opened at start-up), so a
+request that failed because the business pool ran dry can still release its
+Idempotency-Key for the client's retry.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
@@ -29,20 +39,34 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _engine(settings: Settings, *, size: int, overflow: int) -> AsyncEngine:
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if not settings.is_sqlite:
+        kwargs |= {
+            "pool_size": size,
+            "max_overflow": overflow,
+            "pool_timeout": settings.db_pool_timeout,
+        }
+    engine = create_async_engine(settings.sqlalchemy_url, **kwargs)
+    if settings.is_sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        # One writer at a time, locked from BEGIN: concurrent writers queue on
+        # the busy timeout instead of failing with "database is locked".
+        sqlite_immediate_transactions(engine)
+    return engine
+
+
 class Database:
-    """The service's engine and its session factory."""
+    """The service's engines and its session factory."""
 
     def __init__(self, settings: Settings) -> None:
-        url = settings.sqlalchemy_url
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if not settings.is_sqlite:
-            kwargs |= {"pool_size": 10, "max_overflow": 20, "pool_timeout": 5}
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        if settings.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            # One writer at a time, locked from BEGIN: concurrent writers queue on
-            # the busy timeout instead of failing with "database is locked".
-            sqlite_immediate_transactions(self.engine)
+        self.engine: AsyncEngine = _engine(
+            settings, size=settings.db_pool_size, overflow=settings.db_max_overflow
+        )
+        self.records: AsyncEngine = _engine(
+            settings, size=settings.idempotency_pool_size, overflow=0
+        )
+        self._reserved = 0 if settings.is_sqlite else settings.idempotency_pool_size
         # TenantSession scopes every statement to the session's tenant (and sets
         # app.tenant_id per transaction for PostgreSQL row-level security).
         self.sessions = async_sessionmaker(
@@ -57,5 +81,13 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def reserve(self) -> None:
+        """Open the records pool's connections now, while the database has room for them."""
+        async with contextlib.AsyncExitStack() as opened:
+            await asyncio.gather(
+                *(opened.enter_async_context(self.records.connect()) for _ in range(self._reserved))
+            )
+
     async def aclose(self) -> None:
         await self.engine.dispose()
+        await self.records.dispose()

@@ -8,11 +8,11 @@ response cannot make the retry do it again; the retry finds the recovery
 point and answers from it. Redis would make claims faster and leave that gap
 open.
 
-Keys are scoped by shop and caller. The caller is read from the same
-credentials the route will verify: an API key (by its hash) or a user access
-token (its verified tenant and subject, so refreshing the token between two
-tries keeps the scope). A credential that does not verify is scoped by its
-hash; the route refuses it with a 401 anyway.
+Keys are scoped by shop and caller, as the identity step recorded them (the
+library's default scope): an API key by its id, a user by their id (so
+refreshing the token between two tries keeps the scope), cookie sessions
+included. A credential that did not verify gets no stored answer: the route
+refuses it with a 401, and 401/403 are never stored.
 
 The money- and provider-touching routes require a key: ``POST /orders``, the
 wallet operations and SIM activation (which runs its phases on the same
@@ -21,12 +21,8 @@ backend itself, see `shopfront.routes.sims`).
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
-from starlette.requests import Request
-
-from hardened.errors import HardenedError
 from hardened.idempotency import (
     HttpIdempotencyConfig,
     IdempotencyKey,
@@ -34,18 +30,13 @@ from hardened.idempotency import (
     IdempotentRoute,
     SqlBackend,
 )
-from shopfront.auth import bearer_token, verified_access
-from shopfront.tenant_auth import API_KEY_PREFIX, hash_api_key
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from hardened._types import Scope
-    from hardened.auth.tokens import AccessTokens
-    from hardened.idempotency import ScopeOf
     from shopfront.settings import Settings
 
-__all__ = ["GUARDED_ROUTES", "http_config", "prior_effect", "record_effect", "scope_for"]
+__all__ = ["GUARDED_ROUTES", "http_config", "prior_effect", "record_effect"]
 
 GUARDED_ROUTES = (
     IdempotentRoute("/orders$", methods=frozenset({"POST"})),
@@ -56,30 +47,11 @@ GUARDED_ROUTES = (
 )
 
 
-def scope_for(access: AccessTokens) -> ScopeOf:
-    """``scope_of`` for the middleware: (shop, caller) from verified credentials."""
-
-    def scope_of(scope: Scope) -> tuple[str | None, str | None]:
-        token = bearer_token(Request(scope))
-        if token is None:
-            return None, None
-        if token.startswith(API_KEY_PREFIX):
-            return None, "key:" + hash_api_key(token)  # the key alone names its shop
-        try:
-            claims = verified_access(scope, access, token)
-        except HardenedError:
-            return None, "unverified:" + hashlib.sha256(token.encode()).hexdigest()
-        return claims.tenant, "user:" + claims.sub
-
-    return scope_of
-
-
-def http_config(settings: Settings, access: AccessTokens) -> HttpIdempotencyConfig:
+def http_config(settings: Settings) -> HttpIdempotencyConfig:
     """The middleware's settings: 24 h replay, lease per settings, fail closed."""
     return HttpIdempotencyConfig(
         lease=settings.idempotency_lease,
         retention=float(settings.idempotency_retention),
-        scope_of=scope_for(access),
         debug=settings.debug_enabled,
     )
 

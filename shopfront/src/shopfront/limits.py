@@ -1,28 +1,33 @@
 """shopfront's rate-limit policies (seed 000/002/003 defaults, all configurable).
 
-Shop traffic is limited per tenant after authentication (one counter per
-shop, shared by every worker through Redis); sign-in is limited per account
-and per client IP, so neither a guessed password list against one account nor
-one address spraying many accounts gets far.
+Shop traffic is limited per tenant (one counter per shop, shared by every
+worker through Redis) by `RateLimitMiddleware`, keyed on the identity the
+identity step recorded; sign-in is limited per account and per client IP, so
+neither a guessed password list against one account nor one address spraying
+many accounts gets far; opening a shop and accepting an invitation (both hash
+a password) per client IP.
 
 Route policies ride on the tenant check, so a catalog read answers to its
 tenant quota and its route quota in one round trip, and a refused read
 consumes neither:
 
-========================  =====================  =========================
-route                     policy                 key
-========================  =====================  =========================
-every tenant route        ``tenant``             shop
-``GET /catalog/items*``   ``catalog``            shop + caller
-``POST /orders*``         ``orders``             shop + caller
-``POST /orders/import``   ``uploads``            shop (instead of orders)
-========================  =====================  =========================
+=================================================  ==========  ==============
+route                                              policy      key
+=================================================  ==========  ==============
+every request with a shop credential               ``tenant``  shop
+``GET /catalog/items*``                            ``catalog`` shop + caller
+``POST /orders``, ``/orders/{id}/transitions``,    ``orders``  shop + caller
+``/orders/{id}/shipments``
+``POST /orders/import``                            ``uploads`` shop
+=================================================  ==========  ==============
 
-The caller is the user (token subject) or the API key (its hash), so one
-integration hammering the catalog does not lock the shop's staff out.
-``sms`` (per shop), ``webhook`` (per source) and ``socket_messages`` (per
-user, across all their sockets and workers) are `Throttle` s: the same store,
-the same semantics outside HTTP.
+The caller is the identity's principal (``user:<id>`` or ``key:<id>``), so one
+integration hammering the catalog does not lock the shop's staff out. The
+limit applies before the route's permission is checked: an authenticated
+request the role does not allow still counts (refusals order: 401 for a bad
+credential, then 429, then 403). ``sms`` (per shop), ``webhook`` (per source)
+and ``socket_messages`` (per user, across all their sockets and workers) are
+`Throttle` s: the same store, the same semantics outside HTTP.
 """
 
 from __future__ import annotations
@@ -32,15 +37,18 @@ from typing import TYPE_CHECKING
 
 from hardened import ratelimit
 from hardened.errors import ServiceUnavailable, StoreUnavailable
-from hardened.ratelimit import Policy, RateLimiter, Throttle
+from hardened.http import identity_of
+from hardened.ratelimit import Policy, RateLimiter, Rule, Throttle
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from hardened.http import Identity
     from hardened.stores import AtomicScripts
+    from hardened.types import Scope
     from shopfront.settings import Settings
 
-__all__ = ["Limits", "build_limits", "enforce"]
+__all__ = ["Limits", "build_limits", "by_caller", "by_shop", "enforce"]
 
 
 def _policy(name: str, spec: str, *, fail_mode: str = "open") -> Policy:
@@ -61,6 +69,7 @@ class Limits:
     login_account: Policy
     login_ip: Policy
     password_reset: Policy
+    signup_ip: Policy
     catalog: Policy
     orders: Policy
     uploads: Policy
@@ -68,18 +77,33 @@ class Limits:
     webhooks: Throttle
     socket_messages: Throttle
 
-    def tenant_hits(
-        self, method: str, route: str, tenant: str, caller: str
-    ) -> list[tuple[Policy, str]]:
-        """The policies a tenant request answers to, for one round trip."""
-        hits = [(self.tenant, tenant)]
-        if route == "/orders/import":
-            hits.append((self.uploads, tenant))
-        elif method == "GET" and route.startswith("/catalog/items"):
-            hits.append((self.catalog, f"{tenant}:{caller}"))
-        elif method == "POST" and route.startswith("/orders"):
-            hits.append((self.orders, f"{tenant}:{caller}"))
-        return hits
+    def rules(self) -> tuple[Rule, ...]:
+        """The route table of `RateLimitMiddleware` (the tenant policy is its default)."""
+        post = frozenset({"POST"})
+        return (
+            Rule("/catalog/items", ((self.catalog, by_caller),), methods=frozenset({"GET"})),
+            Rule("/orders$", ((self.orders, by_caller),), methods=post),
+            Rule("/orders/{order_id}/transitions$", ((self.orders, by_caller),), methods=post),
+            Rule("/orders/{order_id}/shipments$", ((self.orders, by_caller),), methods=post),
+            Rule("/orders/import$", ((self.uploads, by_shop),), methods=post),
+        )
+
+
+def _shop_identity(scope: Scope) -> Identity | None:
+    identity = identity_of(scope)
+    return identity if identity is not None and identity.authenticated else None
+
+
+def by_shop(scope: Scope) -> str | None:
+    """Keyer: the caller's shop (None without a shop credential: no tenant quota applies)."""
+    identity = _shop_identity(scope)
+    return identity.tenant if identity is not None else None
+
+
+def by_caller(scope: Scope) -> str | None:
+    """Keyer: the caller within their shop (``<shop>:<principal>``)."""
+    identity = _shop_identity(scope)
+    return None if identity is None else f"{identity.tenant}:{identity.principal}"
 
 
 def build_limits(settings: Settings, store: AtomicScripts) -> Limits:
@@ -94,6 +118,7 @@ def build_limits(settings: Settings, store: AtomicScripts) -> Limits:
         login_account=_policy("login_account", settings.rate_limit_login, fail_mode=login_mode),
         login_ip=_policy("login_ip", settings.rate_limit_login, fail_mode=login_mode),
         password_reset=_policy("password_reset", settings.rate_limit_password_reset),
+        signup_ip=_policy("signup_ip", settings.rate_limit_signup),
         catalog=_policy("catalog", settings.rate_limit_catalog),
         orders=_policy("orders", settings.rate_limit_orders),
         uploads=_policy("uploads", settings.rate_limit_uploads),

@@ -1,7 +1,7 @@
 """Outgoing account emails. No provider is wired yet (outbound governance comes later).
 
-`OutboxMailer` keeps the last messages in memory: tests and development read the
-reset link from it. The token itself is never logged; only that a message was
+`OutboxMailer` keeps the last messages in memory: tests and development read
+reset and invitation links from it. The token itself is never logged; only that a message was
 queued, to whom (redacted by the logging pipeline).
 """
 
@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
-__all__ = ["OutboxMailer", "ResetMessage"]
+__all__ = ["Message", "OutboxMailer"]
 
 _log = structlog.get_logger("shopfront.mailer")
 
 
 @dataclass(frozen=True, slots=True)
-class ResetMessage:
+class Message:
+    kind: str
     shop: str
     email: str
     token: str
@@ -29,10 +30,16 @@ class OutboxMailer:
     """Holds the most recent messages (bounded) instead of sending them."""
 
     limit: int = 100
-    sent: deque[ResetMessage] = field(default_factory=deque)
+    sent: deque[Message] = field(default_factory=deque)
 
-    async def password_reset(self, *, shop: str, email: str, token: str) -> None:
-        self.sent.append(ResetMessage(shop, email, token))
+    def _queue(self, message: Message) -> None:
+        self.sent.append(message)
         while len(self.sent) > self.limit:
             self.sent.popleft()
-        _log.info("mail.password_reset_queued", shop=shop, email=email)
+        _log.info(f"mail.{message.kind}_queued", shop=message.shop, email=message.email)
+
+    async def password_reset(self, *, shop: str, email: str, token: str) -> None:
+        self._queue(Message("password_reset", shop, email, token))
+
+    async def invitation(self, *, shop: str, email: str, token: str) -> None:
+        self._queue(Message("invitation", shop, email, token))

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -40,11 +41,14 @@ __all__ = [
     "LEDGER",
     "MAX_ORDER_LINES",
     "NAMING",
+    "ROLE_NAMES",
+    "ApiKey",
     "Base",
     "CatalogItem",
     "Coupon",
     "CouponUsage",
     "Customer",
+    "Invitation",
     "Order",
     "OrderLine",
     "OrderStatusChange",
@@ -57,6 +61,9 @@ __all__ = [
 ]
 
 MAX_ORDER_LINES = 100
+# The roles of a shop, least privileged first (what each grants: shopfront.permissions).
+ROLE_NAMES = ("read_only", "staff", "admin", "owner")
+_ROLE_CHECK = "role IN ({})".format(", ".join(f"'{r}'" for r in ROLE_NAMES))
 
 # Deterministic constraint names, so migrations are the same on every backend.
 NAMING = {
@@ -107,20 +114,70 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = _id()
     name: Mapped[str] = mapped_column(String(200))
     domain: Mapped[str] = mapped_column(String(253), unique=True)
-    api_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
 
 class User(TenantScoped, Base):
-    """A person who signs in to a shop; the password is only ever stored hashed."""
+    """A member of a shop with one role there; the password is only ever stored hashed."""
 
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("tenant_id", "email"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "email"),
+        CheckConstraint(_ROLE_CHECK, name="role"),
+        Index("ix_users_tenant_role", "tenant_id", "role"),
+    )
 
     id: Mapped[uuid.UUID] = _id()
     email: Mapped[str] = mapped_column(String(320))
     password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class ApiKey(TenantScoped, Base):
+    """A shop API key with a role; only its SHA-256 is stored (the key is 256 random bits).
+
+    A rotated key keeps working until ``expires_at`` (the overlap) and names its
+    successor in ``replaced_by``; a revoked key stops at once.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        UniqueConstraint("key_hash"),
+        CheckConstraint(_ROLE_CHECK, name="role"),
+        Index("ix_api_keys_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    replaced_by: Mapped[uuid.UUID | None] = mapped_column(Uuid())
+
+
+class Invitation(TenantScoped, Base):
+    """An invitation to join a shop with a role: single-use, expiring, stored as a keyed hash."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        UniqueConstraint("token_hash"),
+        CheckConstraint(_ROLE_CHECK, name="role"),
+        Index("ix_invitations_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class PasswordReset(TenantScoped, Base):
@@ -223,9 +280,10 @@ class Order(TenantScoped, Versioned, Base):
     customer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("customers.id"))
     coupon_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("coupons.id"))
     status: Mapped[str] = mapped_column(String(20), default="pending")
-    subtotal_cents: Mapped[int] = mapped_column(Integer)
-    discount_cents: Mapped[int] = mapped_column(Integer, default=0)
-    total_cents: Mapped[int] = mapped_column(Integer)
+    # BIGINT: price (<= 10^8) x quantity (<= 1000) x lines (<= 100) passes 2^31.
+    subtotal_cents: Mapped[int] = mapped_column(BigInteger)
+    discount_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_cents: Mapped[int] = mapped_column(BigInteger)
     note: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 

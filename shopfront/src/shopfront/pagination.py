@@ -12,6 +12,7 @@ from fastapi import Query
 from sqlalchemy import Select, and_, or_
 
 from hardened.errors import FieldError, ValidationFailed
+from hardened.fields import text
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -21,7 +22,9 @@ __all__ = ["Cursor", "Limit", "decode_cursor", "encode_cursor", "next_cursor", "
 T = TypeVar("T")
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100).")]
-Cursor = Annotated[str | None, Query(max_length=200, description="Opaque; from next_cursor.")]
+Cursor = Annotated[
+    Annotated[str, text(max_length=200)] | None, Query(description="Opaque; from next_cursor.")
+]
 
 
 def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:

@@ -1,4 +1,11 @@
-"""Request and response bodies. Unknown fields are refused everywhere (seed 002: strict pipes)."""
+"""Request and response bodies. Unknown fields are refused everywhere (seed 002: strict pipes).
+
+Every string a client sends is a `hardened.fields.text` (no NUL, no lone
+surrogates: PostgreSQL refuses the first, JSON encoders the second), every
+integer is bounded to its column's type, every datetime must carry a
+timezone: a client cannot hand the database a value it refuses, so no input
+becomes a 500. ``tests/test_schemas.py`` walks every route to keep it so.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +13,42 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-from hardened.db.limits import bounded_list
+from hardened.fields import AwareDatetime, int_between, text
 from shopfront.models import MAX_ORDER_LINES
 
 __all__ = [
+    "Carrier",
     "CatalogItemIn",
     "CatalogItemOut",
+    "Code",
     "CouponIn",
     "CouponOut",
     "CustomerIn",
     "CustomerOut",
+    "Domain",
+    "EmailStr",
+    "ExternalRef",
     "ImportRow",
     "ImportSummary",
+    "KeyName",
+    "Name",
+    "Note",
     "OrderIn",
     "OrderLineIn",
     "OrderOut",
     "Page",
+    "Password",
     "ShipmentIn",
     "ShipmentOut",
     "ShipmentUpdate",
+    "ShopDomain",
     "StatusChangeOut",
+    "Token",
+    "TrackingNumber",
     "TransitionIn",
+    "Version",
 ]
 
 T = TypeVar("T")
@@ -37,14 +57,20 @@ OrderStatus = Literal["pending", "paid", "shipped", "delivered", "cancelled"]
 ShipmentStatus = Literal["label_created", "in_transit", "delivered", "returned"]
 # A syntactic check only (no DNS), lower-cased so uniqueness is case-insensitive.
 EmailStr = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, max_length=320, pattern=r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$"
-    ),
-    AfterValidator(str.lower),
+    str, text(max_length=320, pattern=r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$", lower=True)
 ]
-Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Code = Annotated[str, text(min_length=1, max_length=64)]
+Name = Annotated[str, text(min_length=1, max_length=200)]
+Note = Annotated[str, text(max_length=500, strip=False, multiline=True)]
+Domain = Annotated[str, text(min_length=1, max_length=300)]
+ShopDomain = Annotated[str, text(min_length=1, max_length=253)]
+KeyName = Annotated[str, text(min_length=1, max_length=100)]
+Password = Annotated[str, text(min_length=1, max_length=1024, strip=False)]
+Token = Annotated[str, text(min_length=1, max_length=512)]
+Carrier = Annotated[str, text(min_length=1, max_length=50)]
+TrackingNumber = Annotated[str, text(max_length=100)]
+ExternalRef = Annotated[str, text(min_length=1, max_length=100)]
+Version = Annotated[int, int_between(1), Field(description="The version the client last saw.")]
 
 
 class _In(BaseModel):
@@ -76,7 +102,7 @@ class CatalogItemIn(_In):
     kind: Literal["plan", "addon", "installation"]
     sku: Code
     name: Name
-    price_cents: int = Field(ge=0, le=100_000_000)
+    price_cents: Annotated[int, int_between(0, 100_000_000)]
 
 
 class CatalogItemOut(_Out):
@@ -89,11 +115,11 @@ class CatalogItemOut(_Out):
 
 class CouponIn(_In):
     code: Code
-    percent_off: int = Field(ge=1, le=100)
-    usage_limit: int = Field(ge=1, le=10_000_000)
-    per_customer_limit: int | None = Field(default=None, ge=1)
-    valid_from: datetime | None = None
-    valid_until: datetime | None = None
+    percent_off: Annotated[int, int_between(1, 100)]
+    usage_limit: Annotated[int, int_between(1, 10_000_000)]
+    per_customer_limit: Annotated[int, int_between(1)] | None = None
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
 
 
 class CouponOut(_Out):
@@ -109,14 +135,14 @@ class CouponOut(_Out):
 
 class OrderLineIn(_In):
     item_id: uuid.UUID
-    quantity: int = Field(ge=1, le=1000)
+    quantity: Annotated[int, int_between(1, 1000)]
 
 
 class OrderIn(_In):
     customer_id: uuid.UUID
-    lines: bounded_list(OrderLineIn, MAX_ORDER_LINES)  # type: ignore[valid-type]
+    lines: Annotated[list[OrderLineIn], Field(min_length=1, max_length=MAX_ORDER_LINES)]
     coupon_code: Code | None = None
-    note: Annotated[str, StringConstraints(max_length=500)] | None = None
+    note: Note | None = None
 
 
 class OrderLineOut(_Out):
@@ -150,18 +176,18 @@ class StatusChangeOut(_Out):
 
 class TransitionIn(_In):
     to: OrderStatus
-    version: int = Field(ge=1, description="The order version the client last saw.")
+    version: Version
 
 
 class ShipmentIn(_In):
-    carrier: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
-    tracking_number: Annotated[str, StringConstraints(max_length=100)] | None = None
-    version: int = Field(ge=1, description="The order version the client last saw.")
+    carrier: Carrier
+    tracking_number: TrackingNumber | None = None
+    version: Version
 
 
 class ShipmentUpdate(_In):
     status: ShipmentStatus
-    version: int = Field(ge=1)
+    version: Version
 
 
 class ShipmentOut(_Out):
@@ -178,11 +204,11 @@ class ImportRow(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    external_ref: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    external_ref: ExternalRef
     customer_email: EmailStr
     sku: Code
-    quantity: int = Field(ge=1, le=1000)
-    note: Annotated[str, StringConstraints(max_length=500)] | None = None
+    quantity: Annotated[int, int_between(1, 1000)]
+    note: Note | None = None
 
 
 class ImportSummary(BaseModel):

@@ -1,22 +1,25 @@
 """shopfront settings, read from the environment.
 
 With nothing set, the service runs on embedded defaults: SQLite in the working
-directory and in-process stores, development mode with per-process random
-secrets. Production sets ``ENVIRONMENT=production``, real secrets, and
-``DATABASE_URL`` / ``REDIS_URL``.
+directory and in-process stores, development mode with random secrets
+generated once into ``./.shopfront-secrets`` (mode 0600, git-ignored).
+Production sets ``ENVIRONMENT=production``, real secrets, and ``DATABASE_URL`` /
+``REDIS_URL``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from hardened.config import Check, HardenedSettings
 
-__all__ = ["Settings", "async_database_url"]
+__all__ = ["DEV_SECRETS_FILE", "Settings", "async_database_url"]
+
+DEV_SECRETS_FILE = ".shopfront-secrets"
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
 
@@ -35,6 +38,10 @@ def async_database_url(url: str) -> str:
 
 class Settings(HardenedSettings):
     """Every knob of the service; names are the environment variables, upper-cased."""
+
+    # The embedded default keeps sessions and idempotency records in ./shopfront.db:
+    # its development secrets must survive a restart too (git-ignored).
+    dev_secrets_file: ClassVar[str | None] = DEV_SECRETS_FILE
 
     database_url: str = "sqlite+aiosqlite:///shopfront.db"
     migration_database_url: str | None = None
@@ -81,6 +88,8 @@ class Settings(HardenedSettings):
     """Catalog reads per seconds, per shop and caller (seed 000: 10 per minute)."""
     rate_limit_orders: str = Field(default="60/60", pattern=r"^\d+/\d+$")
     """Order writes per seconds, per shop and caller (the seed names no number: 1 per second)."""
+    rate_limit_signup: str = Field(default="10/3600", pattern=r"^\d+/\d+$")
+    """New shops and accepted invitations per seconds, per client IP (each hashes a password)."""
     rate_limit_uploads: str = Field(default="10/3600", pattern=r"^\d+/\d+$")
     """File uploads (bulk imports) per seconds, per shop (seed 003: limit upload endpoints)."""
     rate_limit_sms: str = Field(default="10/60", pattern=r"^\d+/\d+$")
@@ -91,8 +100,27 @@ class Settings(HardenedSettings):
     """WebSocket messages per seconds, per user over all their sockets (seed 002)."""
     idempotency_retention: int = Field(default=86_400, ge=60, le=30 * 86_400)
     """Seconds a completed Idempotency-Key result is replayed (24 h, as the seeds asked)."""
-    idempotency_lease: float = Field(default=30.0, gt=0, le=3600)
-    """Seconds a request holds its key without a heartbeat before a retry may take over."""
+    idempotency_lease: float = Field(default=5.0, gt=0, le=3600)
+    """Seconds a request holds its key without a heartbeat (sent every third of it) before a
+    retry may take over: how long a crashed worker's keys answer 409."""
+    max_in_flight_requests: int = Field(default=200, ge=0, le=100_000)
+    """Requests a worker serves at once; above it new ones get 503 + Retry-After (0: off)."""
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=300)
+    """After SIGTERM: seconds of serving with `Connection: close` and readiness 503, so load
+    balancers move away; keep it at least the keep-alive timeout (5 s)."""
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=300)
+    """Then: seconds in-flight requests get to finish (drain + grace < the orchestrator's kill)."""
+    invitation_ttl: int = Field(default=7 * 86_400, ge=60, le=30 * 86_400)
+    """Seconds an invitation to join a shop stays valid."""
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    """Connections each worker keeps open to PostgreSQL (see the README on sizing)."""
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    """Extra connections a worker may open under load, closed again when idle."""
+    db_pool_timeout: float = Field(default=2.0, gt=0, le=60)
+    """Seconds a request waits for a free connection before it is a 503 with Retry-After."""
+    idempotency_pool_size: int = Field(default=2, ge=1, le=50)
+    """Connections each worker reserves for idempotency records, so a 5xx can release its
+    key while the business pool is exhausted."""
     reservation_ttl: int = Field(default=86_400, ge=60)
     """Seconds a credit reservation holds before the expiry job releases it."""
     housekeeping_interval: float = Field(default=60.0, ge=0)

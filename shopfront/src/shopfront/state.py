@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 from fastapi import Request
 
 if TYPE_CHECKING:
+    from hardened.http import Drain
     from hardened.idempotency import SqlBackend
     from hardened.ledger import Ledger
     from hardened.observability import Health
@@ -35,6 +36,7 @@ class AppState:
     idempotency: SqlBackend
     sim: SimProvider
     idempotency_secret: bytes
+    drain: Drain
 
 
 def app_state(request: Request) -> AppState:

@@ -147,7 +147,13 @@ from hardened.idempotency._errors import (
     IdempotencyKeyReused,
     IdempotencyResponseNotKept,
 )
-from hardened.idempotency._keys import fingerprint, key_hash_for_logs, scoped_key, validate_key
+from hardened.idempotency._keys import (
+    MAX_KEY_LENGTH,
+    fingerprint,
+    key_hash_for_logs,
+    scoped_key,
+    validate_key,
+)
 from hardened.idempotency._lease import DEFAULT_COMPLETE_RETRY_FOR, HeldLease
 from hardened.observability._metrics import counter
 
@@ -951,13 +957,22 @@ def idempotency_key(
     400. It does not claim or replay; `IdempotencyMiddleware` does. With
     ``guarded=True`` a request that the middleware did not guard is a 500
     ``idempotency.unguarded``: the route would otherwise run without its
-    exactly-once protection.
+    exactly-once protection. The first of ``headers`` is declared in the route's
+    OpenAPI (optional there, so a missing key gets this 400, not FastAPI's 422).
     """
-    from starlette.requests import Request  # noqa: PLC0415 - fastapi stays optional
+    from fastapi import Header  # noqa: PLC0415 - fastapi stays optional
+    from starlette.requests import Request  # noqa: PLC0415
 
     names = tuple(h.lower().encode("latin-1") for h in headers)
+    need = "Required" if required else "Optional"
+    declared = Header(
+        None,
+        alias="-".join(part.capitalize() for part in headers[0].split("-")),
+        description=f"{need}: 1-{MAX_KEY_LENGTH} visible ASCII characters (a UUID), one per "
+        "operation; a retry with the same key gets the first answer.",
+    )
 
-    async def dependency(request: Request) -> IdempotencyKey | None:
+    async def dependency(request: Request, key: str | None = None) -> IdempotencyKey | None:
         state = request.scope.get("state") or {}
         found = state.get(_STATE_KEY)
         if isinstance(found, IdempotencyKey):
@@ -970,7 +985,13 @@ def idempotency_key(
         return None if raw is None else IdempotencyKey(validate_key(raw), guarded=False)
 
     params = [
-        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+        inspect.Parameter(
+            "key",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=declared,
+        ),
     ]
     dependency.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     return dependency

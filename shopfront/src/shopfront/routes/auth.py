@@ -1,54 +1,54 @@
-"""Sign-up, sign-in, refresh, sign-out, sessions, passwords; and the notification socket.
+"""Sign-up (accepting an invitation), sign-in, refresh, sign-out, sessions, passwords; the socket.
 
 Two modes: bearer (tokens in the JSON body, for API clients) and cookie (HttpOnly
 ``session`` and ``access_token`` cookies plus a readable CSRF cookie, for
-browsers; every unsafe cookie request must echo the CSRF token in a header).
+browsers; every unsafe request the identity step authenticated from a cookie
+must echo the CSRF token, bound to the sign-in session, in a header).
 """
 
 import contextlib
 import uuid
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response, WebSocket, WebSocketDisconnect, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
+from hardened.auth.tokens import AccessClaims
 from hardened.auth.websockets import (
     BEARER_SUBPROTOCOL,
     MessageRateLimit,
     error_frame,
     websocket_credentials,
 )
-from hardened.errors import HardenedError, Unauthorized
+from hardened.errors import HardenedError, NotFound, Unauthorized
 from hardened.fastapi import client_ip
-from hardened.http import issue_csrf_token
+from hardened.http import Credentials, Identity, issue_csrf_token
 from shopfront.auth import (
     ACCESS_COOKIE,
     SESSION_COOKIE,
     Auth,
-    CurrentUser,
     auth_of,
     not_in_maintenance,
+    revoke_sessions,
     store_call,
-    verify_access,
 )
+from shopfront.identity import authenticator
 from shopfront.limits import enforce
-from shopfront.schemas import EmailStr
-from shopfront.services import accounts
+from shopfront.permissions import public, user_only
+from shopfront.schemas import EmailStr, Password, ShopDomain, Token
+from shopfront.services import accounts, members
 from shopfront.state import AppState, app_state
-
-if TYPE_CHECKING:
-    from hardened.auth.tokens import AccessClaims
 
 __all__ = ["router", "sockets"]
 
 router = APIRouter(prefix="/auth", tags=["auth"], dependencies=[Depends(not_in_maintenance)])
 sockets = APIRouter(tags=["notifications"])
 
-Password = Annotated[str, Field(min_length=1, max_length=1024)]
 SOCKET_MESSAGES_PER_S = 5.0
 SOCKET_BURST = 20
 AuthDep = Annotated[Auth, Depends(auth_of)]
 State = Annotated[AppState, Depends(app_state)]
+User = Annotated[Identity, user_only()]
 
 
 class _In(BaseModel):
@@ -56,17 +56,20 @@ class _In(BaseModel):
 
 
 class SignupIn(_In):
-    shop: str = Field(max_length=253)
-    email: EmailStr
+    shop: ShopDomain
+    invitation: Token
     password: Password
 
 
-class LoginIn(SignupIn):
+class LoginIn(_In):
+    shop: ShopDomain
+    email: EmailStr
+    password: Password
     mode: Literal["bearer", "cookie"] = "bearer"
 
 
 class RefreshIn(_In):
-    refresh_token: str | None = Field(default=None, max_length=512)
+    refresh_token: Token | None = None
 
 
 class PasswordChangeIn(_In):
@@ -75,13 +78,13 @@ class PasswordChangeIn(_In):
 
 
 class ResetRequestIn(_In):
-    shop: str = Field(max_length=253)
+    shop: ShopDomain
     email: EmailStr
 
 
 class ResetConfirmIn(_In):
-    shop: str = Field(max_length=253)
-    token: str = Field(max_length=200)
+    shop: ShopDomain
+    token: Token
     new_password: Password
 
 
@@ -110,7 +113,12 @@ def _answer(auth: Auth, tokens: accounts.Tokens, response: Response, *, cookie: 
         )
     secure = auth.csrf.cookie_secure
     response.set_cookie(
-        SESSION_COOKIE, tokens.refresh_token, httponly=True, secure=secure, samesite="lax"
+        SESSION_COOKIE,
+        tokens.refresh_token,
+        httponly=True,
+        secure=secure,
+        samesite="lax",
+        max_age=int(auth.refresh.config.ttl),
     )
     response.set_cookie(
         ACCESS_COOKIE,
@@ -120,23 +128,40 @@ def _answer(auth: Auth, tokens: accounts.Tokens, response: Response, *, cookie: 
         samesite="lax",
         max_age=tokens.expires_in,
     )
-    csrf = issue_csrf_token(auth.csrf, tokens.refresh_token)
+    csrf = issue_csrf_token(auth.csrf, tokens.session_id)
     response.set_cookie(auth.csrf.csrf_cookie, csrf, secure=secure, samesite="lax")
     return TokensOut(
         access_token=tokens.access_token, expires_in=tokens.expires_in, session_id=tokens.session_id
     )
 
 
-@router.post("/signup", status_code=status.HTTP_201_CREATED)
-async def signup(body: SignupIn, auth: AuthDep, state: State) -> dict[str, str]:
-    """Create an account in a shop."""
-    user_id = await accounts.signup(
-        auth, state.db.sessions, shop=body.shop, email=body.email, password=body.password
+def _claims(user: Identity) -> AccessClaims:
+    claims: AccessClaims = user.claims
+    return claims
+
+
+async def _tenant_or_none(state: AppState, domain: str) -> uuid.UUID | None:
+    try:
+        return await accounts.shop_id(state.db.sessions, domain)
+    except NotFound:
+        return None
+
+
+@router.post("/signup", status_code=status.HTTP_201_CREATED, dependencies=[public()])
+async def signup(body: SignupIn, request: Request, auth: AuthDep, state: State) -> dict[str, str]:
+    """Join a shop by accepting an invitation (its email and role); any failure is the same 401."""
+    await enforce(state.limits, [(state.limits.signup_ip, client_ip(request) or "unknown")])
+    user_id = await members.accept_invitation(
+        auth,
+        state.db.sessions,
+        await _tenant_or_none(state, body.shop),
+        token=body.invitation,
+        password=body.password,
     )
     return {"user_id": str(user_id)}
 
 
-@router.post("/login")
+@router.post("/login", dependencies=[public()])
 async def login(
     body: LoginIn, request: Request, response: Response, auth: AuthDep, state: State
 ) -> TokensOut:
@@ -152,16 +177,16 @@ async def login(
     return _answer(auth, tokens, response, cookie=body.mode == "cookie")
 
 
-@router.post("/refresh")
+@router.post("/refresh", dependencies=[public()])
 async def refresh(
-    body: RefreshIn, request: Request, response: Response, auth: AuthDep
+    body: RefreshIn, request: Request, response: Response, auth: AuthDep, state: State
 ) -> TokensOut:
     """Trade a refresh token for a new pair (body in bearer mode, cookie in cookie mode)."""
     cookie_token = request.cookies.get(SESSION_COOKIE)
     token = body.refresh_token or cookie_token
     if not token:
         raise Unauthorized("A refresh token is required.", code="auth.missing_credentials")
-    tokens = await accounts.refresh(auth, token)
+    tokens = await accounts.refresh(auth, state.db.sessions, token)
     return _answer(auth, tokens, response, cookie=body.refresh_token is None)
 
 
@@ -171,52 +196,51 @@ def _clear(response: Response, auth: Auth) -> None:
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(user: CurrentUser, response: Response, auth: AuthDep) -> None:
-    """Sign out this session: its refresh tokens stop working, its sockets close."""
-    await store_call(lambda: auth.refresh.revoke(user.sub, user.sid))
+async def logout(user: User, response: Response, auth: AuthDep) -> None:
+    """Sign out this session: its refresh and access tokens stop working, its sockets close."""
+    claims = _claims(user)
+    await store_call(lambda: auth.refresh.revoke(claims.sub, claims.sid))
     _clear(response, auth)
 
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
-async def logout_all(user: CurrentUser, response: Response, auth: AuthDep) -> None:
+async def logout_all(user: User, response: Response, auth: AuthDep) -> None:
     """Sign out everywhere: every refresh and access token of the user fails from now on."""
-    await store_call(
-        lambda: auth.refresh.revoke_all(user.sub, not_before_ttl=float(auth.access_ttl))
-    )
+    await revoke_sessions(auth, _claims(user).sub)
     _clear(response, auth)
 
 
 @router.get("/sessions")
-async def sessions(user: CurrentUser, auth: AuthDep) -> list[SessionOut]:
+async def sessions(user: User, auth: AuthDep) -> list[SessionOut]:
     """The user's signed-in sessions."""
-    families = await store_call(lambda: auth.refresh.families(user.sub))
+    claims = _claims(user)
+    families = await store_call(lambda: auth.refresh.families(claims.sub))
     return [
         SessionOut(
             session_id=f.family_id,
             created_at=f.created_at,
             last_used_at=f.last_used_at,
-            current=f.family_id == user.sid,
+            current=f.family_id == claims.sid,
         )
         for f in families
     ]
 
 
 @router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
-async def change_password(
-    body: PasswordChangeIn, user: CurrentUser, auth: AuthDep, state: State
-) -> None:
+async def change_password(body: PasswordChangeIn, user: User, auth: AuthDep, state: State) -> None:
     """Change the password; every session, this one included, is signed out."""
+    claims = _claims(user)
     await accounts.change_password(
         auth,
         state.db.sessions,
-        tenant_id=uuid.UUID(user.tenant),
-        user_id=uuid.UUID(user.sub),
+        tenant_id=uuid.UUID(claims.tenant),
+        user_id=uuid.UUID(claims.sub),
         current=body.current_password,
         new=body.new_password,
     )
 
 
-@router.post("/password-reset", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/password-reset", status_code=status.HTTP_202_ACCEPTED, dependencies=[public()])
 async def request_reset(body: ResetRequestIn, auth: AuthDep, state: State) -> dict[str, str]:
     """Ask for a reset link; the answer is the same whether or not the account exists."""
     account = f"{body.shop.lower()}|{body.email}"
@@ -227,7 +251,9 @@ async def request_reset(body: ResetRequestIn, auth: AuthDep, state: State) -> di
     return {"status": "accepted"}
 
 
-@router.post("/password-reset/confirm", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/password-reset/confirm", status_code=status.HTTP_204_NO_CONTENT, dependencies=[public()]
+)
 async def confirm_reset(body: ResetConfirmIn, auth: AuthDep, state: State) -> None:
     """Set a new password with a single-use, expiring reset token."""
     await accounts.confirm_reset(auth, state.db.sessions, body.shop, body.token, body.new_password)
@@ -236,19 +262,21 @@ async def confirm_reset(body: ResetConfirmIn, auth: AuthDep, state: State) -> No
 @sockets.websocket("/ws/notifications")
 async def notifications(websocket: WebSocket) -> None:
     """Order and campaign notifications; authenticated before accept, closed on sign-out."""
-    auth: Auth = websocket.app.state.shopfront.auth
+    state: AppState = websocket.app.state.shopfront
+    auth = state.auth
     token = websocket_credentials(websocket.scope)
     claims: AccessClaims | None = None
     if token is not None:
         with contextlib.suppress(HardenedError):
-            claims = await verify_access(auth, token)
+            identity = await authenticator(state)(Credentials(bearer=token))
+            claims = identity.claims if identity.kind == "user" else None
     if claims is None:  # closing before accept answers the handshake with 403
         await websocket.close(code=1008, reason="unauthorized")
         return
     await websocket.accept(subprotocol=BEARER_SUBPROTOCOL)
     handle = auth.registry.register(claims.sub, claims.sid, websocket.close)
     limit = MessageRateLimit(rate=SOCKET_MESSAGES_PER_S, burst=SOCKET_BURST)
-    per_user = websocket.app.state.shopfront.limits.socket_messages
+    per_user = state.limits.socket_messages
     try:
         while True:
             message = await websocket.receive_text()

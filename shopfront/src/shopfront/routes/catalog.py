@@ -9,6 +9,7 @@ from sqlalchemy import select
 from hardened.db.integrity import integrity_errors
 from hardened.errors import Conflict, NotFound
 from shopfront.models import Base, CatalogItem
+from shopfront.permissions import allow
 from shopfront.schemas import CatalogItemIn, CatalogItemOut
 from shopfront.tenant_auth import Tenancy
 
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/catalog/items", tags=["catalog"])
 MAX_CATALOG_PAGE = 500
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[allow("catalog:write")])
 async def create_item(body: CatalogItemIn, t: Tenancy) -> CatalogItemOut:
     """Add a catalog item; SKUs are unique per shop."""
     item = CatalogItem(tenant_id=t.tenant_id, **body.model_dump())
@@ -32,7 +33,7 @@ async def create_item(body: CatalogItemIn, t: Tenancy) -> CatalogItemOut:
     return CatalogItemOut.model_validate(item)
 
 
-@router.get("")
+@router.get("", dependencies=[allow("catalog:read")])
 async def list_items(
     t: Tenancy,
     kind: Annotated[Literal["plan", "addon", "installation"] | None, Query()] = None,
@@ -44,7 +45,7 @@ async def list_items(
     return [CatalogItemOut.model_validate(i) for i in await t.session.scalars(stmt)]
 
 
-@router.get("/{item_id}")
+@router.get("/{item_id}", dependencies=[allow("catalog:read")])
 async def get_item(item_id: uuid.UUID, t: Tenancy) -> CatalogItemOut:
     """One catalog item of this shop."""
     item = await t.session.get(CatalogItem, item_id)

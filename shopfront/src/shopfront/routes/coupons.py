@@ -7,6 +7,7 @@ from fastapi import APIRouter, status
 from hardened.db.integrity import integrity_errors
 from hardened.errors import Conflict, FieldError, NotFound, ValidationFailed
 from shopfront.models import Base, Coupon
+from shopfront.permissions import allow
 from shopfront.schemas import CouponIn, CouponOut
 from shopfront.tenant_auth import Tenancy
 
@@ -15,7 +16,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/coupons", tags=["coupons"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[allow("coupons:write")])
 async def create_coupon(body: CouponIn, t: Tenancy) -> CouponOut:
     """Create a coupon; codes are unique per shop."""
     if body.valid_from and body.valid_until and body.valid_until <= body.valid_from:
@@ -33,7 +34,7 @@ async def create_coupon(body: CouponIn, t: Tenancy) -> CouponOut:
     return CouponOut.model_validate(coupon)
 
 
-@router.get("/{coupon_id}")
+@router.get("/{coupon_id}", dependencies=[allow("coupons:read")])
 async def get_coupon(coupon_id: uuid.UUID, t: Tenancy) -> CouponOut:
     """One coupon of this shop, with its current usage."""
     coupon = await t.session.get(Coupon, coupon_id)

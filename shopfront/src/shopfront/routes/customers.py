@@ -9,6 +9,7 @@ from hardened.db.integrity import integrity_errors
 from hardened.errors import Conflict, NotFound
 from shopfront.models import Base, Customer
 from shopfront.pagination import Cursor, Limit, next_cursor, page_query
+from shopfront.permissions import allow
 from shopfront.schemas import CustomerIn, CustomerOut, Page
 from shopfront.tenant_auth import Tenancy
 
@@ -17,7 +18,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/customers", tags=["customers"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[allow("customers:write")])
 async def create_customer(body: CustomerIn, t: Tenancy) -> CustomerOut:
     """Add a customer; emails are unique per shop (compared lower-cased)."""
     customer = Customer(tenant_id=t.tenant_id, email=body.email.lower(), name=body.name)
@@ -31,7 +32,7 @@ async def create_customer(body: CustomerIn, t: Tenancy) -> CustomerOut:
     return CustomerOut.model_validate(customer)
 
 
-@router.get("")
+@router.get("", dependencies=[allow("customers:read")])
 async def list_customers(t: Tenancy, limit: Limit = 50, cursor: Cursor = None) -> Page[CustomerOut]:
     """Customers, newest first."""
     rows = (await t.session.scalars(page_query(select(Customer), Customer, limit, cursor))).all()
@@ -39,7 +40,7 @@ async def list_customers(t: Tenancy, limit: Limit = 50, cursor: Cursor = None) -
     return Page[CustomerOut](items=items, next_cursor=next_cursor(rows, limit))
 
 
-@router.get("/{customer_id}")
+@router.get("/{customer_id}", dependencies=[allow("customers:read")])
 async def get_customer(customer_id: uuid.UUID, t: Tenancy) -> CustomerOut:
     """One customer of this shop."""
     customer = await t.session.get(Customer, customer_id)

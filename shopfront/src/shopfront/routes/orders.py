@@ -11,6 +11,7 @@ from hardened.idempotency import IdempotencyKey, idempotency_key
 from shopfront.exactly_once import prior_effect, record_effect
 from shopfront.models import Order, OrderStatusChange, Shipment
 from shopfront.pagination import Cursor, Limit, next_cursor, page_query
+from shopfront.permissions import allow
 from shopfront.schemas import (
     ImportSummary,
     OrderIn,
@@ -33,7 +34,7 @@ router = APIRouter(prefix="/orders", tags=["orders"])
 shipments = APIRouter(prefix="/shipments", tags=["shipments"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[allow("orders:write")])
 async def create_order(
     body: OrderIn,
     t: Tenancy,
@@ -55,6 +56,7 @@ async def create_order(
 @router.post(
     "/import",
     status_code=status.HTTP_201_CREATED,
+    dependencies=[allow("orders:import")],
     openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 async def import_orders(request: Request, t: Tenancy) -> ImportSummary:
@@ -66,7 +68,7 @@ async def import_orders(request: Request, t: Tenancy) -> ImportSummary:
     return ImportSummary(imported=report.rows_valid, rows_read=report.rows_read)
 
 
-@router.get("")
+@router.get("", dependencies=[allow("orders:read")])
 async def list_orders(
     t: Tenancy,
     limit: Limit = 50,
@@ -82,7 +84,7 @@ async def list_orders(
     return Page[OrderOut](items=items, next_cursor=next_cursor(rows, limit))
 
 
-@router.get("/{order_id}")
+@router.get("/{order_id}", dependencies=[allow("orders:read")])
 async def get_order(order_id: uuid.UUID, t: Tenancy) -> OrderOut:
     """One order of this shop with its lines."""
     order = await t.session.get(Order, order_id)
@@ -91,7 +93,7 @@ async def get_order(order_id: uuid.UUID, t: Tenancy) -> OrderOut:
     return OrderOut.model_validate(order)
 
 
-@router.get("/{order_id}/history")
+@router.get("/{order_id}/history", dependencies=[allow("orders:read")])
 async def order_history(order_id: uuid.UUID, t: Tenancy) -> list[StatusChangeOut]:
     """The order's status changes, one per version, oldest first."""
     if await t.session.get(Order, order_id) is None:
@@ -104,7 +106,7 @@ async def order_history(order_id: uuid.UUID, t: Tenancy) -> list[StatusChangeOut
     return [StatusChangeOut.model_validate(c) for c in changes]
 
 
-@router.post("/{order_id}/transitions")
+@router.post("/{order_id}/transitions", dependencies=[allow("orders:write")])
 async def transition(order_id: uuid.UUID, body: TransitionIn, t: Tenancy) -> OrderOut:
     """Change an order's status from the version the client saw (409 if it moved since)."""
     async with t.session.begin():
@@ -114,7 +116,11 @@ async def transition(order_id: uuid.UUID, body: TransitionIn, t: Tenancy) -> Ord
     return OrderOut.model_validate(order)
 
 
-@router.post("/{order_id}/shipments", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{order_id}/shipments",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[allow("orders:write")],
+)
 async def ship(order_id: uuid.UUID, body: ShipmentIn, t: Tenancy) -> ShipmentOut:
     """Ship a paid order: status change and shipment are written together or not at all."""
     async with t.session.begin():
@@ -122,7 +128,7 @@ async def ship(order_id: uuid.UUID, body: ShipmentIn, t: Tenancy) -> ShipmentOut
     return ShipmentOut.model_validate(shipment)
 
 
-@shipments.get("/{shipment_id}")
+@shipments.get("/{shipment_id}", dependencies=[allow("orders:read")])
 async def get_shipment(shipment_id: uuid.UUID, t: Tenancy) -> ShipmentOut:
     """One shipment of this shop."""
     shipment = await t.session.get(Shipment, shipment_id)
@@ -131,7 +137,7 @@ async def get_shipment(shipment_id: uuid.UUID, t: Tenancy) -> ShipmentOut:
     return ShipmentOut.model_validate(shipment)
 
 
-@shipments.patch("/{shipment_id}")
+@shipments.patch("/{shipment_id}", dependencies=[allow("orders:write")])
 async def update_shipment(shipment_id: uuid.UUID, body: ShipmentUpdate, t: Tenancy) -> ShipmentOut:
     """Change a shipment's status from the version the client saw."""
     async with t.session.begin():

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hardened.db.tenancy import tenant_session
 from hardened.errors import Conflict
+from hardened.fields import text
 from hardened.idempotency import (
     ExternalPhase,
     IdempotencyKey,
@@ -49,6 +50,7 @@ from hardened.idempotency import (
     scoped_key,
 )
 from shopfront.models import SimActivation
+from shopfront.permissions import allow
 from shopfront.sim_provider import SimRefused
 from shopfront.state import AppState
 from shopfront.tenant_auth import Tenancy, TenantRequest
@@ -60,10 +62,14 @@ router = APIRouter(prefix="/sims", tags=["sims"])
 Key = Annotated[IdempotencyKey, Depends(idempotency_key())]
 
 
+Iccid = Annotated[str, text(min_length=18, max_length=22, pattern=r"^89[0-9]{16,20}$")]
+Plan = Annotated[str, text(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
 class ActivationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    iccid: str = Field(pattern=r"^89\d{16,20}$", description="ICCID (ITU-T E.118), 18-22 digits")
-    plan: str = Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.-]+$")
+    iccid: Iccid = Field(description="ICCID (ITU-T E.118), 18-22 digits")
+    plan: Plan
 
 
 class ActivationOut(BaseModel):
@@ -145,7 +151,12 @@ def _phases(t: TenantRequest, body: ActivationIn, record: str) -> list[Any]:
     ]
 
 
-@router.post("/activations", status_code=status.HTTP_201_CREATED, response_model=ActivationOut)
+@router.post(
+    "/activations",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ActivationOut,
+    dependencies=[allow("sims:activate")],
+)
 async def activate_sim(body: ActivationIn, t: Tenancy, key: Key) -> JSONResponse:
     """Activate a SIM once per key, paying from the shop's credits (see the module docstring)."""
     state = t.state

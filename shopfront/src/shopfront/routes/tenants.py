@@ -1,18 +1,22 @@
-"""Tenants (shops): creation with domain validation, lookup by id."""
+"""Shops: self-service creation (the shop and its owner at once), lookup by id."""
 
 import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import IntegrityError
 
 from hardened.domains import normalize_tenant_domain
-from hardened.errors import Conflict, FieldError, NotFound, ValidationFailed
+from hardened.errors import FieldError, NotFound, ValidationFailed
+from hardened.fastapi import client_ip
+from shopfront.limits import enforce
 from shopfront.models import Tenant
+from shopfront.permissions import allow, public
+from shopfront.schemas import Domain, EmailStr, Name, Password
+from shopfront.services import accounts
 from shopfront.state import AppState, app_state
-from shopfront.tenant_auth import Tenancy, hash_api_key, new_api_key
+from shopfront.tenant_auth import Tenancy
 
 __all__ = ["router"]
 
@@ -22,8 +26,10 @@ router = APIRouter(prefix="/tenants", tags=["tenants"])
 class TenantIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    domain: str = Field(min_length=1, max_length=300)
+    name: Name
+    domain: Domain
+    owner_email: EmailStr
+    owner_password: Password
 
 
 class TenantOut(BaseModel):
@@ -34,7 +40,7 @@ class TenantOut(BaseModel):
 
 
 class TenantCreated(TenantOut):
-    api_key: str = Field(description="Shown once; store it, it cannot be read again.")
+    owner_id: uuid.UUID = Field(description="The owner's user id; sign in with their email.")
 
 
 def _out(tenant: Tenant) -> TenantOut:
@@ -43,11 +49,13 @@ def _out(tenant: Tenant) -> TenantOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[public()])
 async def create_tenant(
-    body: TenantIn, state: Annotated[AppState, Depends(app_state)]
+    body: TenantIn, request: Request, state: Annotated[AppState, Depends(app_state)]
 ) -> TenantCreated:
-    """Create a shop; the domain must be a hostname under a configured suffix."""
+    """Open a shop with its first owner (rate-limited per client IP); sign in to use it."""
+    limits = state.limits
+    await enforce(limits, [(limits.signup_ip, client_ip(request) or "unknown")])
     try:
         domain = normalize_tenant_domain(body.domain, state.settings.tenant_domain_suffixes)
     except ValueError as exc:
@@ -55,26 +63,23 @@ async def create_tenant(
             "The shop domain is not acceptable.",
             errors=[FieldError(("body", "domain"), f"domain {exc}", "value_error.domain")],
         ) from None
-    api_key = new_api_key()
-    tenant = Tenant(name=body.name.strip(), domain=domain, api_key_hash=hash_api_key(api_key))
-    async with state.db.sessions() as session:
-        session.add(tenant)
-        try:
-            await session.commit()
-        except IntegrityError:
-            raise Conflict(
-                "A shop with this domain already exists.", code="tenant.domain_taken"
-            ) from None
-    return TenantCreated(**_out(tenant).model_dump(), api_key=api_key)
+    tenant, owner = await accounts.create_shop(
+        state.auth,
+        state.db.sessions,
+        name=body.name,
+        domain=domain,
+        owner_email=body.owner_email,
+        owner_password=body.owner_password,
+    )
+    return TenantCreated(**_out(tenant).model_dump(), owner_id=owner.id)
 
 
-@router.get("/{tenant_id}")
+@router.get("/{tenant_id}", dependencies=[allow("shop:read")])
 async def get_tenant(tenant_id: uuid.UUID, t: Tenancy) -> TenantOut:
     """The calling shop itself; any other shop id is not found."""
     if tenant_id != t.tenant_id:
         raise NotFound("No such shop.", code="tenant.not_found")
-    async with t.state.db.sessions() as session:
-        tenant = await session.get(Tenant, tenant_id)
+    tenant = await t.session.get(Tenant, tenant_id)
     if tenant is None:
         raise NotFound("No such shop.", code="tenant.not_found")
     return _out(tenant)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hardened.idempotency import IdempotencyKey, idempotency_key
 from hardened.ledger import MAX_AMOUNT, Operation, Reservation
+from shopfront.permissions import allow
 from shopfront.tenant_auth import Tenancy, TenantRequest
 
 __all__ = ["router"]
@@ -91,7 +92,7 @@ def _op_key(key: IdempotencyKey) -> str:
     return "http:" + (key.record or key.value)
 
 
-@router.get("")
+@router.get("", dependencies=[allow("wallet:read")])
 async def balance(t: Tenancy) -> BalanceOut:
     """The shop's posted, reserved and available credits."""
     async with t.session.begin():
@@ -99,7 +100,11 @@ async def balance(t: Tenancy) -> BalanceOut:
     return BalanceOut(balance=b.balance, reserved=b.reserved, available=b.available)
 
 
-@router.post("/reservations", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/reservations",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[allow("wallet:spend")],
+)
 async def reserve(body: ReserveIn, t: Tenancy, key: Key) -> ReservationOut:
     """Hold credits (default 24 h, then released by the expiry job); 409 if not enough."""
     ttl = float(body.ttl_seconds or t.state.settings.reservation_ttl)
@@ -109,7 +114,7 @@ async def reserve(body: ReserveIn, t: Tenancy, key: Key) -> ReservationOut:
     return _reservation(held)
 
 
-@router.get("/reservations/{reservation_id}")
+@router.get("/reservations/{reservation_id}", dependencies=[allow("wallet:read")])
 async def reservation(reservation_id: uuid.UUID, t: Tenancy) -> ReservationOut:
     """One of the shop's reservations."""
     async with t.session.begin():
@@ -118,7 +123,7 @@ async def reservation(reservation_id: uuid.UUID, t: Tenancy) -> ReservationOut:
     return _reservation(found)
 
 
-@router.post("/reservations/{reservation_id}/capture")
+@router.post("/reservations/{reservation_id}/capture", dependencies=[allow("wallet:spend")])
 async def capture(reservation_id: uuid.UUID, body: CaptureIn, t: Tenancy, key: Key) -> OperationOut:
     """Spend a reservation (all, or part and release the rest)."""
     async with t.session.begin():
@@ -129,7 +134,7 @@ async def capture(reservation_id: uuid.UUID, body: CaptureIn, t: Tenancy, key: K
     return _operation(op)
 
 
-@router.post("/reservations/{reservation_id}/release")
+@router.post("/reservations/{reservation_id}/release", dependencies=[allow("wallet:spend")])
 async def release(reservation_id: uuid.UUID, t: Tenancy, key: Key) -> OperationOut:
     """Give a reservation's credits back."""
     async with t.session.begin():
@@ -138,7 +143,7 @@ async def release(reservation_id: uuid.UUID, t: Tenancy, key: Key) -> OperationO
     return _operation(op)
 
 
-@router.post("/refunds", status_code=status.HTTP_201_CREATED)
+@router.post("/refunds", status_code=status.HTTP_201_CREATED, dependencies=[allow("wallet:spend")])
 async def refund(body: RefundIn, t: Tenancy, key: Key) -> OperationOut:
     """Return credits spent by a capture or debit (never more than it spent)."""
     async with t.session.begin():

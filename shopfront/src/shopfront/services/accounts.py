@@ -1,10 +1,15 @@
-"""Accounts: sign-up, sign-in, token refresh, sign-out, password change and reset.
+"""Accounts: a new shop and its owner, sign-in, token refresh, password change and reset.
 
 Every answer that could reveal whether an account exists is the same either
 way: an unknown email at login runs a dummy password verification and gets the
-same 401, and a reset request is accepted identically. Password rehashes
-(new parameters, bcrypt to argon2id) are written as a compare-and-set on the
-old hash, so a concurrent password change is never overwritten.
+same 401, a reset request is accepted identically, and sign-up (accepting an
+invitation, `shopfront.services.members`) fails one way only. Password
+rehashes (new parameters, bcrypt to argon2id) are written as a compare-and-set
+on the old hash, so a concurrent password change is never overwritten.
+
+Access tokens carry the member's role (``role`` claim); a refresh reads the
+role again, so a token never outlives a role change by more than its own
+short life, and a role change also signs the member out (see members).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -22,12 +28,10 @@ from sqlalchemy import select, update
 from hardened.db.integrity import integrity_errors
 from hardened.db.tenancy import tenant_session
 from hardened.errors import Conflict, NotFound, Unauthorized
-from shopfront.auth import store_call
+from shopfront.auth import revoke_sessions, store_call
 from shopfront.models import Base, PasswordReset, Tenant, User
 
 if TYPE_CHECKING:
-    import uuid
-
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shopfront.auth import Auth
@@ -37,10 +41,11 @@ __all__ = [
     "Tokens",
     "change_password",
     "confirm_reset",
+    "create_shop",
     "login",
     "refresh",
     "request_reset",
-    "signup",
+    "shop_id",
 ]
 
 RESET_TTL = timedelta(minutes=30)
@@ -66,27 +71,41 @@ async def shop_id(sessions: async_sessionmaker[AsyncSession], domain: str) -> uu
     return tenant_id
 
 
-async def _issue(auth: Auth, user_id: str, tenant_id: str, meta: dict[str, str]) -> Tokens:
+async def _issue(
+    auth: Auth, user_id: str, tenant_id: str, role: str, meta: dict[str, str]
+) -> Tokens:
     issued = await store_call(lambda: auth.refresh.start(user_id, tenant=tenant_id, meta=meta))
-    access = auth.access.issue(subject=user_id, tenant=tenant_id, session_id=issued.family_id)
+    access = auth.access.issue(
+        subject=user_id, tenant=tenant_id, session_id=issued.family_id, extra={"role": role}
+    )
     return Tokens(access, issued.token, auth.access_ttl, user_id, issued.family_id)
 
 
-async def signup(
-    auth: Auth, sessions: async_sessionmaker[AsyncSession], *, shop: str, email: str, password: str
-) -> uuid.UUID:
-    """Create a user of a shop; the password is hashed off the event loop."""
-    tenant_id = await shop_id(sessions, shop)
-    password_hash = await auth.hasher.hash(password)
-    async with tenant_session(sessions, tenant_id) as session, session.begin():
-        user = User(tenant_id=tenant_id, email=email, password_hash=password_hash)
-        session.add(user)
+async def create_shop(
+    auth: Auth,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    name: str,
+    domain: str,
+    owner_email: str,
+    owner_password: str,
+) -> tuple[Tenant, User]:
+    """The shop and its first owner, in one transaction (both or neither)."""
+    password_hash = await auth.hasher.hash(owner_password)
+    # A session bound to the new shop from the start: the owner is a tenant row (RLS and
+    # the ORM guard both want the shop set), the shop row itself is not scoped.
+    tenant = Tenant(id=uuid.uuid4(), name=name, domain=domain)
+    owner = User(tenant_id=tenant.id, email=owner_email, role="owner", password_hash=password_hash)
+    async with tenant_session(sessions, tenant.id) as session, session.begin():
+        session.add(tenant)
         with integrity_errors(
-            {"uq_users_tenant_id_email": lambda: Conflict(code="auth.email_taken")},
+            {"uq_tenants_domain": lambda: Conflict(code="tenant.domain_taken")},
             metadata=Base.metadata,
         ):
             await session.flush()
-    return user.id
+        session.add(owner)
+        await session.flush()
+    return tenant, owner
 
 
 async def login(
@@ -109,7 +128,7 @@ async def login(
     if result.new_hash is not None:
         await _swap_hash(sessions, tenant_id, user.id, user.password_hash, result.new_hash)
         _log.info("auth.password_rehashed", user_id=str(user.id))
-    return await _issue(auth, str(user.id), str(tenant_id), meta)
+    return await _issue(auth, str(user.id), str(tenant_id), user.role, meta)
 
 
 async def _swap_hash(
@@ -129,11 +148,24 @@ async def _swap_hash(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def refresh(auth: Auth, token: str) -> Tokens:
-    """Rotate a refresh token; reuse of a superseded one revokes its whole family."""
+async def refresh(auth: Auth, sessions: async_sessionmaker[AsyncSession], token: str) -> Tokens:
+    """Rotate a refresh token; reuse of a superseded one revokes its whole family.
+
+    The new access token carries the member's current role; a member who is no
+    longer in the shop loses the session instead.
+    """
     rotated = await store_call(lambda: auth.refresh.rotate(token))
+    tenant_id = uuid.UUID(rotated.tenant)
+    async with tenant_session(sessions, tenant_id) as session:
+        role = await session.scalar(select(User.role).where(User.id == uuid.UUID(rotated.user_id)))
+    if role is None:
+        await store_call(lambda: auth.refresh.revoke(rotated.user_id, rotated.family_id))
+        raise Unauthorized("The session has ended.", code="auth.invalid_refresh")
     access = auth.access.issue(
-        subject=rotated.user_id, tenant=rotated.tenant, session_id=rotated.family_id
+        subject=rotated.user_id,
+        tenant=rotated.tenant,
+        session_id=rotated.family_id,
+        extra={"role": role},
     )
     return Tokens(access, rotated.token, auth.access_ttl, rotated.user_id, rotated.family_id)
 
@@ -158,9 +190,7 @@ async def change_password(
         raise Conflict(
             "The password changed meanwhile; sign in again.", code="auth.password_changed"
         )
-    await store_call(
-        lambda: auth.refresh.revoke_all(str(user_id), not_before_ttl=float(auth.access_ttl))
-    )
+    await revoke_sessions(auth, str(user_id))
 
 
 def _reset_hash(auth: Auth, token: str) -> str:
@@ -222,6 +252,4 @@ async def confirm_reset(
             .where(User.tenant_id == tenant_id, User.id == user_id)
             .values(password_hash=new_hash)
         )
-    await store_call(
-        lambda: auth.refresh.revoke_all(str(user_id), not_before_ttl=float(auth.access_ttl))
-    )
+    await revoke_sessions(auth, str(user_id))
