@@ -25,9 +25,13 @@ them to HTTP in exactly one place and clients get a stable machine-readable
 
 Components subclass these with codes of their own, keeping the status, e.g.
 ``idempotency.key_missing`` (400), ``idempotency.key_reused`` (422),
-``idempotency.lease_lost`` (409), ``ledger.insufficient_credits`` (409),
-``ledger.key_reused`` (422), ``ratelimit.quota-exceeded`` (429); each
-component's package docstring lists its own.
+``idempotency.lease_lost`` (409), ``idempotency.response_not_kept`` (410),
+``ledger.insufficient_credits`` (409), ``ledger.key_reused`` (422),
+``ratelimit.quota-exceeded`` (429), ``ratelimit.cost_exceeds_limit`` (422),
+``auth.ambiguous_credentials`` (401), ``db.conflict`` (409), ``db.unavailable``,
+``db.pool_exhausted``, ``db.connection_lost``, ``db.statement_timeout``,
+``db.locked`` and ``service.overloaded`` (503); each component's package
+docstring lists its own.
 
 ``context`` is for logs only (it is redacted there) and never rendered:
 internals must not leak through an error body. ``detail`` is rendered, so it
