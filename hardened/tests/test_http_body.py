@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import uvicorn
 
 from hardened.errors import PayloadTooLarge
 from hardened.http._body import (
@@ -19,6 +17,7 @@ from hardened.http._body import (
     ContentTypeMiddleware,
     ContentTypePolicy,
 )
+from hardened.testing import serve_app as serve
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -221,29 +220,6 @@ async def test_limit_crossed_after_response_started_aborts() -> None:
 
 
 # --- BodyLimitMiddleware over a real uvicorn server -----------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serve(app: ASGIApp, *, http: str = "auto") -> AsyncIterator[int]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in this event loop; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="asyncio", lifespan="off", http=http, log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield port
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 async def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:

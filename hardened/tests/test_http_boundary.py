@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from typing import TYPE_CHECKING, Any
 
 import h11
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from structlog.testing import capture_logs
 
@@ -23,9 +21,10 @@ from hardened.http import (
     SecurityHeadersMiddleware,
     translate_exception,
 )
+from hardened.testing import serve_app as serve
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+    from collections.abc import Callable, MutableMapping, Sequence
 
     from hardened._types import ASGIApp, Message, Receive, Scope, Send
 
@@ -93,29 +92,6 @@ def events(logs: Sequence[MutableMapping[str, Any]], name: str) -> list[MutableM
 
 
 # -- over a real server ----------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serve(app: ASGIApp, *, http: str) -> AsyncIterator[int]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in this event loop; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="asyncio", lifespan="off", http=http, log_level="critical")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield port
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 class Connection:

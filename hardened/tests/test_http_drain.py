@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import uvicorn
 
 from hardened.http import Drain, DrainMiddleware
+from hardened.testing import serve_app as serve
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from hardened._types import ASGIApp, Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
@@ -104,28 +101,6 @@ async def test_http2_and_websocket_scopes_are_left_alone() -> None:
 
 
 # --- over a real uvicorn server: keep-alive connections close cleanly ------------------------
-
-
-@contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[int]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in this event loop; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="asyncio", lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield port
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:

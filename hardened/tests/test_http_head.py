@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import h11
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import StreamingResponse
 
 from hardened.fastapi import install_problem_handlers
 from hardened.http import HeadMiddleware
+from hardened.testing import serve_app as serve
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -143,29 +142,6 @@ async def test_other_methods_and_scopes_pass_through_untouched() -> None:
 
 
 # -- over a real server ----------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serve(app: ASGIApp, *, http: str) -> AsyncIterator[int]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in this event loop; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="asyncio", lifespan="off", http=http, log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield port
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 async def exchange(

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY
 
 from hardened.http import LoadShedMiddleware
+from hardened.testing import serve_app as serve
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from hardened._types import ASGIApp, Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
@@ -154,28 +150,6 @@ def test_max_in_flight_below_one_is_refused() -> None:
 
 
 # --- over a real uvicorn server: a client that goes away ------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[int]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in this event loop; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="asyncio", lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield port
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 async def test_client_disconnect_frees_its_slot_over_a_real_socket() -> None:

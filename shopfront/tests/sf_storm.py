@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,8 @@ from typing import IO, TYPE_CHECKING, Any
 import aiohttp
 import httpx
 import pytest
+
+from sf_support import GENEROUS_LIMITS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -85,6 +88,22 @@ def workers(count: int, env: Mapping[str, str]) -> Iterator[list[str]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         logs.close()
+
+
+def worker_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a test worker process: test mode, fresh secrets, generous limits."""
+    return {
+        **GENEROUS_LIMITS,
+        "ENVIRONMENT": "test",
+        "DATABASE_URL": database_url,
+        "AUTO_MIGRATE": "false",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "LOG_JSON": "true",
+        "JWT_SECRET": secrets.token_urlsafe(48),
+        "SESSION_SECRET": secrets.token_urlsafe(48),
+        "COOKIE_SECRET": secrets.token_urlsafe(48),
+        **extra,
+    }
 
 
 def _wait_live(proc: subprocess.Popen[bytes], url: str, logs: IO[bytes]) -> None:

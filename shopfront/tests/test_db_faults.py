@@ -1,7 +1,6 @@
 """The database running out of connections or losing them: 503 with Retry-After, never a 500."""
 
 import asyncio
-import secrets
 import uuid
 
 import httpx
@@ -9,9 +8,8 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 
-from sf_storm import Call, retry_unavailable, storm, workers
+from sf_storm import Call, retry_unavailable, storm, worker_env, workers
 from sf_support import (
-    GENEROUS_LIMITS,
     ShopDatabase,
     client_for,
     idem,
@@ -26,18 +24,7 @@ pytestmark = pytest.mark.anyio
 
 
 def _env(db: ShopDatabase, **extra: str) -> dict[str, str]:
-    return {
-        **GENEROUS_LIMITS,
-        "ENVIRONMENT": "test",
-        "DATABASE_URL": db.url,
-        "AUTO_MIGRATE": "false",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_JSON": "true",
-        "JWT_SECRET": secrets.token_urlsafe(48),
-        "SESSION_SECRET": secrets.token_urlsafe(48),
-        "COOKIE_SECRET": secrets.token_urlsafe(48),
-        **extra,
-    }
+    return worker_env(db.url, **extra)
 
 
 def _admin(db: ShopDatabase) -> str:

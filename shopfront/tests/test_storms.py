@@ -1,29 +1,17 @@
 """Guarantees under concurrency across two worker processes sharing one PostgreSQL database."""
 
-import secrets
 from collections import Counter
 
 import httpx
 import psycopg
 import pytest
 
-from sf_storm import Call, retry_unavailable, storm, workers
-from sf_support import GENEROUS_LIMITS, ShopDatabase, idem, new_shop, order_body
+from sf_storm import Call, retry_unavailable, storm, worker_env, workers
+from sf_support import ShopDatabase, idem, new_shop, order_body
 
 
 def _worker_env(db: ShopDatabase) -> dict[str, str]:
-    return {
-        "ENVIRONMENT": "test",
-        "DATABASE_URL": db.url,
-        "MIGRATION_DATABASE_URL": db.owner_url,
-        "AUTO_MIGRATE": "false",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_JSON": "true",
-        "JWT_SECRET": secrets.token_urlsafe(48),
-        "SESSION_SECRET": secrets.token_urlsafe(48),
-        "COOKIE_SECRET": secrets.token_urlsafe(48),
-        **GENEROUS_LIMITS,
-    }
+    return worker_env(db.url, MIGRATION_DATABASE_URL=db.owner_url)
 
 
 def _owner_scalar(db: ShopDatabase, sql: str) -> object:

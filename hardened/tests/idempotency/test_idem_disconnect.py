@@ -18,7 +18,6 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
@@ -30,41 +29,19 @@ from hardened.idempotency import (
     StoreBackend,
 )
 from hardened.stores import MemoryStore
+from hardened.testing import serve_app as serve
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from starlette.requests import Request
 
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened._types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 
 SECRET = b"test-secret-0123456789abcdef0123"
 CHUNKS = [b"first-chunk;", b"second-chunk;", b"third-chunk;", b"last-chunk"]
-
-
-@contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[int]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in this event loop; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="asyncio", lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield port
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 def request(port: int, key: str) -> bytes:

@@ -10,6 +10,7 @@ from hardened.testing._fields import (
     check_text_inputs,
 )
 from hardened.testing._redis import scratch_redis_store
+from hardened.testing._serve import serve_app
 from hardened.testing.authorization import (
     AuthorizationFailure,
     Caller,
@@ -46,6 +47,7 @@ __all__ = [
     "check_text_inputs",
     "declared_requirements",
     "scratch_redis_store",
+    "serve_app",
     "temporary_database",
     "tenant_models_without_mixin",
 ]
