@@ -5,6 +5,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -38,6 +39,7 @@ EXEMPT = {
     ("GET", "/openapi.json"),
 }
 ROLE_ORDER = ("read_only", "staff", "admin", "owner")
+MATRIX_DOC = Path(__file__).resolve().parents[2] / "docs" / "authorization-matrix.md"
 
 
 @pytest.fixture
@@ -137,6 +139,8 @@ async def test_every_route_allows_exactly_the_roles_it_declares(pg_app: FastAPI)
     print(f"\nauthorization matrix: {len(matrix.routes)} routes x {len(callers)} callers")  # noqa: T201
     print(dict(counts))  # noqa: T201
     print(matrix.table())  # noqa: T201
+    documented = MATRIX_DOC.read_text(encoding="utf-8")
+    assert matrix.table() in documented, f"{MATRIX_DOC} is out of date: paste the table above"
 
 
 @pytest.mark.anyio
