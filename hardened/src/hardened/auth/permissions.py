@@ -26,7 +26,7 @@ was verified once, by the identity step): no credential → 401
 caller of another kind → 403 ``auth.forbidden`` with the permission named in
 the log context, never in the body. Inside the caller's own tenant a 403
 reveals nothing, unlike across tenants, where the isolation harness insists on
-404. Every refusal is counted in ``hardened_auth_forbidden_total{permission}``.
+404. Every 403 is counted in ``hardened_auth_forbidden_total{permission}``.
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ class Roles:
 
     def at_least(self, role: str, floor: str) -> bool:
         """Whether ``role`` grants everything ``floor`` grants (e.g. may hand ``floor`` out)."""
-        return role in self.grants and self.grants[floor] <= self.grants[role]
+        return (
+            role in self.grants and floor in self.grants and self.grants[floor] <= self.grants[role]
+        )
 
     def require(self, permission: str) -> Any:
         """Route dependency: the caller's role must grant ``permission`` (see the module doc)."""

@@ -89,7 +89,8 @@ _RETRIES = counter(
 )
 _FAILURES = counter(
     "db_transaction_failures_total",
-    "Transactions given up on: retry_exhausted, statement_timeout or connection_lost.",
+    "Transactions given up on: retry_exhausted, statement_timeout, connection_lost, or deadlock"
+    " and serialization refused outside run_transaction (conflict_error).",
     ["reason"],
 )
 _LOCK_BUSY = counter(

@@ -143,7 +143,7 @@ def _presented(scope: Scope, cookie_names: frozenset[str]) -> Credentials | Iden
     for header in cookie_headers:
         for pair in header.decode("latin-1").split(";"):
             name, sep, value = pair.strip().partition("=")
-            if not sep or name not in cookie_names:
+            if not sep or name not in cookie_names or not value.strip():
                 continue
             if name in found:
                 return _ambiguous("cookie")

@@ -146,8 +146,14 @@ def declared_requirements(app: Any) -> dict[RouteKey, Requirement | None]:
 
 
 def _default_probe(key: RouteKey) -> Probe:
-    names = [name for _, name, _, _ in Formatter().parse(key[1]) if name]
-    return Probe(path_params={name: str(uuid.uuid4()) for name in names})
+    # A made-up value that fits the parameter's convertor, so the router finds the route.
+    made_up = {"int": "7", "float": "7.5", "path": "made/up"}
+    params = {
+        name: made_up.get(convertor or "", str(uuid.uuid4()))
+        for _, name, convertor, _ in Formatter().parse(key[1])
+        if name
+    }
+    return Probe(path_params=params)
 
 
 def _code(response: httpx.Response) -> str | None:

@@ -17,10 +17,13 @@ must already carry tenant B's credentials.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from hardened.testing._routes import RouteKey, route_table
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z_]+)?\}")
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -71,7 +74,9 @@ async def call(
 ) -> httpx.Response:
     """Send ``probe`` to ``key`` with ``headers`` added (KeyError: a path param is missing)."""
     method, template = key
-    path = template.format_map(dict(probe.path_params))
+    params = dict(probe.path_params)
+    # "{name}" or "{name:convertor}" (Starlette's syntax, which str.format would misread).
+    path = _PARAM.sub(lambda m: params[m.group(1)], template)
     return await client.request(
         method,
         path,
