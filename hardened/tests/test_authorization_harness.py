@@ -14,7 +14,7 @@ from hardened.auth import Requirement, Roles, public, signed_in
 from hardened.errors import Forbidden, NotFound, Unauthorized
 from hardened.fastapi import install_problem_handlers
 from hardened.http import Credentials, Identity, IdentityMiddleware
-from hardened.testing import Caller, Probe, assert_authorization, declared_requirements
+from hardened.testing import Caller, Matrix, Probe, assert_authorization, declared_requirements
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -84,6 +84,19 @@ class Service:
         return [self.sign_in("viewer"), self.sign_in("editor"), self.sign_in("editor", "api_key")]
 
 
+async def walk(made: Service, client: httpx.AsyncClient) -> Matrix:
+    """The harness over the service as planted, its sign-out route renewing the caller."""
+    return await assert_authorization(
+        client,
+        made.app,
+        ROLES,
+        made.callers(),
+        exempt=[PLANTED],
+        destructive=[SIGN_OUT],
+        renew=made.renew,
+    )
+
+
 @pytest.fixture
 async def service() -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     """The service and a client for it."""
@@ -111,15 +124,7 @@ async def test_a_route_that_declares_nothing_fails_the_run(
     message = str(err.value)
     assert "GET /planted as -: declares no permission" in message
     assert "1 cell(s)" in message
-    matrix = await assert_authorization(
-        client,
-        made.app,
-        ROLES,
-        made.callers(),
-        exempt=[PLANTED],
-        destructive=[SIGN_OUT],
-        renew=made.renew,
-    )
+    matrix = await walk(made, client)
     assert PLANTED not in matrix.routes
 
 
@@ -129,15 +134,7 @@ async def test_matrix_counts_and_table_describe_every_cell(
 ) -> None:
     """Four routes x (anonymous + three callers): the counts and the Markdown table match."""
     made, client = service
-    matrix = await assert_authorization(
-        client,
-        made.app,
-        ROLES,
-        made.callers(),
-        exempt=[PLANTED],
-        destructive=[SIGN_OUT],
-        renew=made.renew,
-    )
+    matrix = await walk(made, client)
     assert matrix.routes == (
         ("DELETE", "/session"),
         ("GET", "/health"),
@@ -185,15 +182,7 @@ async def test_a_forbidden_disguised_as_404_is_reported_as_expected_403(
 
     made.app.add_exception_handler(Forbidden, hide)
     with pytest.raises(AssertionError) as err:
-        await assert_authorization(
-            client,
-            made.app,
-            ROLES,
-            made.callers(),
-            exempt=[PLANTED],
-            destructive=[SIGN_OUT],
-            renew=made.renew,
-        )
+        await walk(made, client)
     lines = str(err.value).splitlines()
     assert lines[0] == "authorization failed in 2 cell(s):"
     assert sorted(lines[1:]) == [
@@ -216,15 +205,7 @@ async def test_a_requirement_that_is_not_enforced_is_caught(
         return {"id": note_id}
 
     with pytest.raises(AssertionError) as err:
-        await assert_authorization(
-            client,
-            made.app,
-            ROLES,
-            made.callers(),
-            exempt=[PLANTED],
-            destructive=[SIGN_OUT],
-            renew=made.renew,
-        )
+        await walk(made, client)
     lines = sorted(str(err.value).splitlines()[1:])
     assert lines == [
         "  PUT /notes/{note_id} as anonymous: expected 401 without credentials, got 200",
@@ -244,15 +225,7 @@ async def test_a_public_route_refusing_with_403_fails(
         raise Forbidden("nope")
 
     with pytest.raises(AssertionError) as err:
-        await assert_authorization(
-            client,
-            made.app,
-            ROLES,
-            made.callers(),
-            exempt=[PLANTED],
-            destructive=[SIGN_OUT],
-            renew=made.renew,
-        )
+        await walk(made, client)
     assert "GET /open as anonymous: public route refused: 403 auth.forbidden" in str(err.value)
     assert "authorization failed in 4 cell(s)" in str(err.value)
 
