@@ -132,7 +132,7 @@ def build_auth(settings: Settings, store: Store, primary: Store, redis_client: A
         invitation_key=derive_key(session_secret, "shopfront invitations"),
         csrf=CSRFPolicy(
             secret=derive_key(secret_value(settings, "cookie_secret"), "shopfront csrf"),
-            cookie_secure=settings.cookie_secure,
+            cookie_secure=settings.cookies_secure,
         ),
         registry=registry,
         bus=bus,

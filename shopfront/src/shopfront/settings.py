@@ -77,7 +77,8 @@ class Settings(HardenedSettings):
         default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1, le=64
     )
     """Hashes at once; leave a core to the event loop, or every request stalls behind them."""
-    cookie_secure: bool = True
+    cookie_secure: bool | None = None
+    """``Secure`` on session and CSRF cookies; unset: on outside development only."""
     rate_limit_tenant: str = Field(default="1000/900", pattern=r"^\d+/\d+$")
     """Requests per seconds for each shop on tenant routes (seed: 1000 per 15 min)."""
     rate_limit_login: str = Field(default="5/900", pattern=r"^\d+/\d+$")
@@ -175,6 +176,11 @@ class Settings(HardenedSettings):
         return self.is_development if self.auto_migrate is None else self.auto_migrate
 
     @property
+    def cookies_secure(self) -> bool:
+        """Development serves plain HTTP on localhost, where a ``Secure`` cookie is never sent."""
+        return not self.is_development if self.cookie_secure is None else self.cookie_secure
+
+    @property
     def json_logs(self) -> bool:
         return not self.is_development if self.log_json is None else self.log_json
 
@@ -194,5 +200,6 @@ class Settings(HardenedSettings):
                 "AUTH_REQUIRE_REDIS_FOR_TOKENS=true with REDIS_URL",
             ),
             Check("HSTS is on", self.hsts, "HSTS=true behind TLS"),
+            Check("cookies are Secure", self.cookies_secure, "COOKIE_SECURE=true (the default)"),
             Check("ALLOWED_HOSTS is explicit", "*" not in self.allowed_hosts, "no wildcard host"),
         ]
