@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
+import re
 from pathlib import Path
 
 import pytest
+
+import hardened
+from hardened.errors import HardenedError
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "hardened" / "src" / "hardened"
@@ -13,6 +19,9 @@ TEST_FILES = sorted(
     [*ROOT.glob("hardened/tests/**/test_*.py"), *ROOT.glob("shopfront/tests/**/test_*.py")]
 )
 SOURCE_FILES = sorted([*LIBRARY.rglob("*.py"), *(ROOT / "shopfront" / "src").rglob("*.py")])
+# Error codes: ``area.snake_case``, lower case, at least one dot, no hyphens.
+ERROR_CODE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+CODE_LITERAL = re.compile(r"""\bcode\s*(?::\s*[\w\[\]]+\s*)?=\s*(["'])(.*?)\1""")
 
 
 def _tests(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
@@ -70,3 +79,36 @@ def test_no_forbidden_imports(path: Path) -> None:
             if LIBRARY in path.parents:
                 assert not module.startswith("shopfront"), module
         assert "BaseHTTPMiddleware" not in names
+
+
+def _subclasses(cls: type[HardenedError]) -> list[type[HardenedError]]:
+    found: list[type[HardenedError]] = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def test_every_library_error_class_has_an_area_snake_case_code() -> None:
+    """Each HardenedError subclass anywhere in the library declares a code like area.snake_case."""
+    for module in pkgutil.walk_packages(hardened.__path__, "hardened."):
+        importlib.import_module(module.name)
+    classes: list[type[HardenedError]] = [HardenedError, *_subclasses(HardenedError)]
+    ours = [c for c in classes if c.__module__.startswith("hardened.")]
+    assert len(ours) > 20  # the walk imported the components, not just hardened.errors
+    bad = {
+        f"{c.__module__}.{c.__qualname__}": c.code for c in ours if not ERROR_CODE.fullmatch(c.code)
+    }
+    assert not bad, f"error codes not in area.snake_case: {bad}"
+
+
+def test_every_code_literal_in_the_sources_is_area_snake_case() -> None:
+    """Every code="..." written in the library or shopfront sources is an area.snake_case code."""
+    literals = [
+        (f"{path.relative_to(ROOT)}:{text[: m.start()].count(chr(10)) + 1}", m.group(2))
+        for path in SOURCE_FILES
+        for text in [path.read_text()]
+        for m in CODE_LITERAL.finditer(text)
+    ]
+    assert len(literals) > 50  # the pattern finds the codes (keyword arguments and class bodies)
+    bad = [(where, code) for where, code in literals if not ERROR_CODE.fullmatch(code)]
+    assert not bad, f"code literals not in area.snake_case: {bad}"

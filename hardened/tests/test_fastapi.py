@@ -1,12 +1,25 @@
+import io
+import json
+import logging
+from collections.abc import Iterator
+
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
 from hardened._context import correlation_id_var
-from hardened.errors import ConcurrentModification, DependencyUnavailable, HardenedError
+from hardened._redact import use_redactor
+from hardened.errors import (
+    ConcurrentModification,
+    DependencyUnavailable,
+    HardenedError,
+    ServiceUnavailable,
+)
 from hardened.fastapi import install_problem_handlers, lifespan
+from hardened.logging import Redactor, Sampler, configure_logging
 
 
 class Item(BaseModel):
@@ -166,3 +179,69 @@ async def test_translate_maps_an_exception_fastapi_catches() -> None:
     [failed] = [e for e in logs if e["event"] == "request.failed"]
     assert (failed["log_level"], failed["path"]) == ("error", "/crash")
     assert isinstance(failed["exc_info"], RuntimeError)
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The production logging pipeline writing JSON lines into a buffer; state restored after."""
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    buf = io.StringIO()
+    configure_logging(json=True, stream=buf)
+    yield buf
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)
+    use_redactor(Redactor())
+
+
+class Clock:
+    """A clock the test moves by hand (1/16 s steps are exact in binary floating point)."""
+
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.anyio
+async def test_an_outage_of_503s_is_logged_as_sampled_warnings_never_errors(
+    json_log: io.StringIO,
+) -> None:
+    """200 deliberate 503s: no error line, one warning per second with the rest counted."""
+    clock = Clock()
+    sampler = Sampler(clock=clock)
+    app = FastAPI()
+    install_problem_handlers(app, sampler=sampler)
+
+    @app.get("/outage")
+    async def outage() -> None:
+        raise ServiceUnavailable("Token store down.", code="auth.token_store_unavailable")
+
+    @app.get("/crash")
+    async def crash_route() -> None:
+        msg = "a real bug"
+        raise RuntimeError(msg)
+
+    statuses = []
+    async with _client(app) as client:
+        for i in range(200):
+            statuses.append((await client.get("/outage")).status_code)
+            clock.now += 1 / 16  # sixteen refusals per simulated second
+            if i % 50 == 0:
+                statuses.append((await client.get("/crash")).status_code)
+    assert statuses.count(503) == 200
+    assert statuses.count(500) == 4
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    errors = [line for line in lines if line["level"] == "error"]
+    refused = [line for line in lines if line["event"] == "request.refused"]
+    # Only the real failures are errors, and each one is logged: failures are never sampled.
+    assert [e["event"] for e in errors] == ["request.failed"] * 4
+    assert {(r["level"], r["code"], r["status"]) for r in refused} == {
+        ("warning", "auth.token_store_unavailable", 503)
+    }
+    assert len(refused) == 13  # t = 0, 1, ..., 12 simulated seconds
+    suppressed = sum(r["suppressed"] for r in refused)
+    pending = sampler.pending()[("request.refused", "auth.token_store_unavailable")]
+    assert len(refused) + suppressed + pending == 200

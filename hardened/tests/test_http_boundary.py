@@ -13,7 +13,13 @@ import pytest
 from fastapi import FastAPI
 from structlog.testing import capture_logs
 
-from hardened.errors import DependencyUnavailable, HardenedError, NotFound, StoreUnavailable
+from hardened.errors import (
+    DependencyUnavailable,
+    HardenedError,
+    NotFound,
+    ServiceUnavailable,
+    StoreUnavailable,
+)
 from hardened.fastapi import install_problem_handlers
 from hardened.http import (
     ErrorBoundaryMiddleware,
@@ -21,6 +27,7 @@ from hardened.http import (
     SecurityHeadersMiddleware,
     translate_exception,
 )
+from hardened.logging import Sampler
 from hardened.testing import serve_app as serve
 
 if TYPE_CHECKING:
@@ -241,6 +248,41 @@ async def test_library_error_escaping_a_plain_asgi_app_is_rendered() -> None:
     assert (resp.status_code, resp.json()["code"]) == (503, "store.unavailable")
     assert resp.headers["retry-after"] == "2"
     assert [e["log_level"] for e in events(logs, "request.refused")] == ["warning"]
+
+
+async def test_repeated_refusals_are_sampled_per_code_and_counted() -> None:
+    """200 identical 503s and 20 404s: a few lines per code, the dropped ones all counted."""
+    now = [0.0]
+    sampler = Sampler(clock=lambda: now[0])
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/gone":
+            raise NotFound
+        raise ServiceUnavailable(code="db.unavailable", retry_after=1)
+
+    answered = []
+    with capture_logs() as logs:
+        async with client(ErrorBoundaryMiddleware(app, sampler=sampler)) as c:
+            for i in range(200):
+                answered.append((await c.get("/x")).status_code)
+                if i % 10 == 0:
+                    answered.append((await c.get("/gone")).status_code)
+                now[0] += 1 / 16  # sixteen refusals per simulated second (exact in binary)
+    assert (answered.count(503), answered.count(404)) == (200, 20)
+    assert not [e for e in logs if e["log_level"] == "error"]
+    refused = events(logs, "request.refused")
+    by_code: dict[str, list[MutableMapping[str, Any]]] = {}
+    for event in refused:
+        by_code.setdefault(event["code"], []).append(event)
+    outage, gone = by_code["db.unavailable"], by_code["resource.not_found"]
+    assert {e["log_level"] for e in outage} == {"warning"}
+    assert {e["log_level"] for e in gone} == {"info"}
+    assert len(outage) == 13  # one per simulated second, t = 0 to 12
+    pending = sampler.pending()
+    for events_of_code, total in ((outage, 200), (gone, 20)):
+        code = events_of_code[0]["code"]
+        counted = len(events_of_code) + sum(e["suppressed"] for e in events_of_code)
+        assert counted + pending.get(("request.refused", code), 0) == total
 
 
 async def test_exception_after_the_response_started_is_reraised_unlogged() -> None:

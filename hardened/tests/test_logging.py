@@ -16,6 +16,7 @@ from hardened._context import get_correlation_id
 from hardened._redact import EMAIL, REDACTED, use_redactor
 from hardened.logging import (
     Redactor,
+    Sampler,
     configure_logging,
     correlation_scope,
     get_logger,
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger
 
 Configure = Callable[..., io.StringIO]
+# Loggers whose levels the tests below may set; restored afterwards.
+LEVELED = ("hardened", "shopfront", "sqlalchemy", "sqlalchemy.engine", "aiosqlite", "asyncio")
 
 
 @pytest.fixture
@@ -35,6 +38,7 @@ def configure() -> Iterator[Configure]:
     """Configure logging into a fresh buffer; the previous logging state is restored after."""
     root = logging.getLogger()
     handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    levels = {name: logging.getLogger(name).level for name in LEVELED}
 
     def _configure(**kwargs: Any) -> io.StringIO:
         buf = io.StringIO()
@@ -44,6 +48,8 @@ def configure() -> Iterator[Configure]:
     yield _configure
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, number in levels.items():
+        logging.getLogger(name).setLevel(number)
     structlog.configure(**config)
     use_redactor(Redactor())
 
@@ -213,3 +219,103 @@ def test_loggers_created_before_configure_follow_it(configure: Configure) -> Non
     [line] = _lines(buf)
     assert line["password"] == REDACTED
     assert line["logger"] == "early"
+
+
+def _library_chatter() -> None:
+    """What aiosqlite, asyncio, httpcore and SQLAlchemy say below INFO, through plain logging."""
+    logging.getLogger("aiosqlite").debug("executing %s", "SELECT 1")
+    logging.getLogger("aiosqlite").debug("operation %s completed", "<function>")
+    logging.getLogger("asyncio").debug("Using selector: EpollSelector")
+    logging.getLogger("httpcore.connection").debug("connect_tcp.started host='x'")
+    logging.getLogger("sqlalchemy.engine.Engine").debug("Row (1,)")
+
+
+def test_debug_level_does_not_open_library_debug_output(configure: Configure) -> None:
+    """At DEBUG the library's own debug lines appear; aiosqlite's and other libraries' do not."""
+    buf = configure(level="DEBUG")
+    _library_chatter()
+    get_logger("hardened.idempotency").debug("idempotency.replayed")
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    logging.getLogger("aiosqlite").warning("still heard")
+    assert [(line["logger"], line["event"]) for line in _lines(buf)] == [
+        ("hardened.idempotency", "idempotency.replayed"),
+        ("uvicorn.error", "Application startup complete."),
+        ("aiosqlite", "still heard"),
+    ]
+
+
+def test_app_loggers_follow_the_level_and_levels_open_one_library(configure: Configure) -> None:
+    """app_loggers get the app's DEBUG, levels= opens one library, library_level quiets the rest."""
+    buf = configure(
+        level="DEBUG",
+        app_loggers=("shopfront",),
+        library_level="WARNING",
+        levels={"sqlalchemy.engine": "DEBUG"},
+    )
+    _library_chatter()
+    get_logger("shopfront.app").debug("app.detail")
+    logging.getLogger("httpx").info("HTTP Request: GET /")  # below library_level
+    assert [(line["logger"], line["event"]) for line in _lines(buf)] == [
+        ("sqlalchemy.engine.Engine", "Row (1,)"),
+        ("shopfront.app", "app.detail"),
+    ]
+    # Reconfiguring without them puts those loggers back under the root's level.
+    buf = configure(level="DEBUG")
+    _library_chatter()
+    get_logger("shopfront.app").debug("app.detail")
+    logging.getLogger("httpx").info("HTTP Request: GET /")
+    assert [line["logger"] for line in _lines(buf)] == ["httpx"]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sampler_lets_the_first_through_then_one_per_interval_with_the_count() -> None:
+    """Per key: the first passes with 0, the rest of the interval is dropped and counted."""
+    clock = Clock()
+    sampler = Sampler(1.0, clock=clock)
+    outcomes = []
+    for _ in range(10):
+        outcomes.append(sampler.admit("a"))
+        clock.now += 0.25  # four per interval
+    assert outcomes == [0, None, None, None, 3, None, None, None, 3, None]
+    assert sampler.pending() == {"a": 1}
+    assert sampler.admit("b") == 0  # another kind is not held back by the first
+    clock.now += 5
+    assert (sampler.admit("a"), sampler.pending()) == (1, {})
+
+
+def test_sampler_log_adds_suppressed_and_keys_on_event_and_code() -> None:
+    """Sampler.log writes suppressed=N and treats another code of the same event apart."""
+    clock = Clock()
+    sampler = Sampler(clock=clock)
+    with structlog.testing.capture_logs() as logs:
+        log = structlog.get_logger("t")
+        for code in ["x.a", "x.a", "x.b", "x.a"]:
+            sampler.log(log, "warning", "request.refused", code=code, status=503)
+        clock.now += 1
+        sampler.log(log, "warning", "request.refused", code="x.a", status=503)
+    assert [(e["code"], e["suppressed"], e["log_level"]) for e in logs] == [
+        ("x.a", 0, "warning"),
+        ("x.b", 0, "warning"),
+        ("x.a", 2, "warning"),
+    ]
+
+
+def test_sampler_bounds_its_keys_and_interval_zero_admits_all() -> None:
+    """At most max_keys kinds are remembered; interval=0 drops nothing."""
+    clock = Clock()
+    sampler = Sampler(clock=clock, max_keys=2)
+    assert [sampler.admit(k) for k in ["a", "b", "c", "a"]] == [0, 0, 0, 0]  # "a" was forgotten
+    assert sampler.admit("c") is None
+    every = Sampler(0, clock=clock)
+    assert [every.admit("a") for _ in range(3)] == [0, 0, 0]
+    with pytest.raises(ValueError, match="interval"):
+        Sampler(-1)

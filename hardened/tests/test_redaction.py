@@ -7,11 +7,12 @@ import json
 import logging
 import re
 import string
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.provisional import domains
 
@@ -32,7 +33,7 @@ from hardened._redact import (
 from hardened.logging import configure_logging, get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 # A planted value: what goes into the event, the substrings that must not come
 # out, and the ordinary text around them (which may legitimately come out).
@@ -385,3 +386,79 @@ def test_use_redactor_switches_the_module_level_policy() -> None:
     finally:
         use_redactor(Redactor())
     assert redact_value({"tenant_name": "acme"}) == {"tenant_name": "acme"}
+
+
+# uuid4 values whose digit runs the card and phone patterns used to take for numbers.
+UUIDS_THAT_LOOK_LIKE_NUMBERS = [
+    "27b80698-6796-4006-ba1d-ecab8554835f",
+    "4ebbc81b-a0ec-48ce-8871-695333274542",
+    "e6700c33-7328-4803-8591-01470bf6e928",
+    "3d1ae264-9824-4128-8763-4b86e817bae1",
+]
+UUID_PLACES = [
+    "{}",
+    "/orders/{}",
+    "/orders/{}/items?page=2",
+    "order {} shipped",
+    "GET /customers/{} 404",
+    "id={}, tenant={}",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.uuids(version=4),
+    form=st.sampled_from([str, lambda s: s.upper()]),
+    place=st.sampled_from(UUID_PLACES),
+)
+@example(uuid.UUID(UUIDS_THAT_LOOK_LIKE_NUMBERS[0]), str, "{}")
+@example(uuid.UUID(UUIDS_THAT_LOOK_LIKE_NUMBERS[1]), str, "/orders/{}")
+@example(uuid.UUID(UUIDS_THAT_LOOK_LIKE_NUMBERS[2]), lambda s: s.upper(), "order {} shipped")
+@example(uuid.UUID(int=0x12345678_1234_4234_8234_123456789012), str, "order {} shipped")
+def test_any_uuid4_survives_alone_in_a_path_or_in_a_sentence(
+    value: uuid.UUID, form: Callable[[str], str], place: str
+) -> None:
+    """A uuid4 in canonical form, any case, anywhere in a line, comes out unchanged."""
+    text = place.format(form(str(value)), form(str(value)))
+    assert redact_value(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *(f"/orders/{u}" for u in UUIDS_THAT_LOOK_LIKE_NUMBERS),
+        "12345678-1234-1234-1234-123456789012",  # all digits, still a UUID
+        "correlation 635cb67761204180944f4e39cb0747a3",  # uuid4().hex
+        "sha256 4111111111111111ab7927398713aa09f1b2c3d4e5f60718293a4b5c6d7e8f90",
+    ],
+)
+def test_hex_identifiers_are_left_alone(text: str) -> None:
+    """UUIDs and hex ids whose digit runs pass Luhn are ids, not card or phone numbers."""
+    assert redact_value(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            f"pay 4111 1111 1111 1111 on /orders/{UUIDS_THAT_LOOK_LIKE_NUMBERS[0]}",
+            f"pay {CARD} on /orders/{UUIDS_THAT_LOOK_LIKE_NUMBERS[0]}",
+        ),
+        (
+            f"{UUIDS_THAT_LOOK_LIKE_NUMBERS[1]} paid with 4111-1111-1111-1111",
+            f"{UUIDS_THAT_LOOK_LIKE_NUMBERS[1]} paid with {CARD}",
+        ),
+        ("ref abcd-4111-1111-1111-1111 ok", f"ref abcd-{CARD} ok"),
+        (
+            "id 635cb67761204180944f4e39cb0747a3 pan 378282246310005",
+            f"id 635cb67761204180944f4e39cb0747a3 pan {CARD}",
+        ),
+        (
+            "trace 635cb67761204180944f4e39cb0747a3 call +14155552671",
+            f"trace 635cb67761204180944f4e39cb0747a3 call {PHONE}",
+        ),
+    ],
+)
+def test_cards_and_phones_next_to_hex_identifiers_are_still_found(text: str, expected: str) -> None:
+    """A card or phone number beside a UUID or hex id is redacted; the id is kept."""
+    assert redact_value(text) == expected

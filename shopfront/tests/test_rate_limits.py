@@ -49,10 +49,11 @@ async def test_50_per_minute_holds_across_two_workers(
         result = await storm(calls, connections=64, warm=urls)
     assert result.statuses() == {200: 50, 429: 150}
     refused = [r for r in result.results if r.status == 429]
-    assert {r.body["code"] for r in refused} == {"ratelimit.quota-exceeded"}
+    assert {r.body["code"] for r in refused} == {"ratelimit.quota_exceeded"}
     assert {r.body["violated_policy"] for r in refused} == {"tenant"}
     assert shop.headers["authorization"].split()[-1] not in str([r.body for r in refused])
-    assert result.max_in_flight >= 32, "the storm was not concurrent"
+    # Each worker had 16 of its 32 connections' requests in progress at once (server-side).
+    assert result.overlap >= 16, f"the storm was not concurrent: {result.in_flight}"
 
 
 @pytest.mark.anyio

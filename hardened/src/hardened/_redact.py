@@ -8,6 +8,12 @@ Luhn-valid card numbers, national ids, JWTs, bearer credentials, API keys and
 ``password=...`` pairs. The scan runs on every log line, so patterns are
 precompiled and guarded by cheap substring checks, and it never raises: a value
 that cannot be scrubbed is replaced wholesale rather than dropping the line.
+
+Hex identifiers are not numbers: the digit runs inside a UUID (canonical form,
+any case) or a dash-free hex token holding a letter (correlation ids, digests)
+are never taken for a card or a phone number, so ``/orders/<uuid>`` survives
+intact. The price: a card glued to hex letters (``cafe4111...``) is not
+recognised; one standing alone, or written with spaces or dashes, is.
 """
 
 from __future__ import annotations
@@ -103,6 +109,17 @@ _PHONE = re.compile(
 _NOT_A_PHONE = re.compile(
     r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}$|[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{2}[./-][0-9]{2}[./-][0-9]{4}"
 )
+# Hex identifiers, as whole alphanumeric tokens: a canonical UUID, or a run of
+# hex digits with at least one letter (a pure digit run may be a card).
+_HEX_ID = re.compile(
+    r"(?<![0-9A-Za-z])(?:"
+    r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+    r"|[0-9]*[A-Fa-f][0-9A-Fa-f]*"
+    r")(?![0-9A-Za-z])"
+)
+# Stands in for a hex identifier while digits are scanned: no digit, no word
+# character, no separator any number pattern accepts.
+_HOLE = "\ue000"
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 _CACHE_LIMIT = 4096
 
@@ -162,6 +179,22 @@ def _scrub_cards(text: str) -> str:
         return text
     out.append(text[pos:])
     return "".join(out)
+
+
+def _scrub_numbers(text: str) -> str:
+    """Cards and phone numbers, looked for outside hex identifiers."""
+    ids = [m for m in _HEX_ID.finditer(text) if _DIGIT.search(m.group())]
+    if ids and _HOLE not in text:
+        masked = _HEX_ID.sub(lambda m: _HOLE if _DIGIT.search(m.group()) else m.group(), text)
+        if not _DENSE_DIGITS.search(masked):
+            return text
+        pieces = _PHONE.sub(_phone, _scrub_cards(masked)).split(_HOLE)
+        out = [pieces[0]]
+        for hex_id, piece in zip(ids, pieces[1:], strict=True):
+            out.append(hex_id.group())
+            out.append(piece)
+        return "".join(out)
+    return _PHONE.sub(_phone, _scrub_cards(text))
 
 
 def _phone(match: re.Match[str]) -> str:
@@ -315,7 +348,7 @@ class Redactor:
             for pattern in self.national_ids:
                 out = pattern.sub(NATIONAL_ID, out)
             if _DENSE_DIGITS.search(out):
-                out = _PHONE.sub(_phone, _scrub_cards(out))
+                out = _scrub_numbers(out)
         for pattern, replacement in self.extra_patterns:
             out = pattern.sub(replacement, out)
         if out == text and len(text) <= 256:

@@ -2,7 +2,8 @@
 
 Every refusal the library makes is one of these exceptions, so a service maps
 them to HTTP in exactly one place and clients get a stable machine-readable
-``code`` they can branch on::
+``code`` they can branch on, always ``area.snake_case`` (lower case, at least
+one dot, no hyphens), so clients can match codes without normalising them::
 
     HardenedError (500 internal.error)
     ├── BadRequest (400 request.invalid)
@@ -11,7 +12,7 @@ them to HTTP in exactly one place and clients get a stable machine-readable
     ├── Forbidden (403 auth.forbidden)
     │   └── CsrfFailed (403 csrf.failed)
     ├── NotFound (404 resource.not_found)
-    ├── Conflict (409 conflict)
+    ├── Conflict (409 resource.conflict)
     │   ├── ConcurrentModification (409 conflict.concurrent_modification)
     │   └── IdempotencyConflict (409 idempotency.in_flight)
     ├── PayloadTooLarge (413 request.too_large)
@@ -27,7 +28,7 @@ Components subclass these with codes of their own, keeping the status, e.g.
 ``idempotency.key_missing`` (400), ``idempotency.key_reused`` (422),
 ``idempotency.lease_lost`` (409), ``idempotency.response_not_kept`` (410),
 ``ledger.insufficient_credits`` (409), ``ledger.key_reused`` (422),
-``ratelimit.quota-exceeded`` (429), ``ratelimit.cost_exceeds_limit`` (422),
+``ratelimit.quota_exceeded`` (429), ``ratelimit.cost_exceeds_limit`` (422),
 ``auth.ambiguous_credentials`` (401), ``db.conflict`` (409), ``db.unavailable``,
 ``db.pool_exhausted``, ``db.connection_lost``, ``db.statement_timeout``,
 ``db.locked`` and ``service.overloaded`` (503); each component's package
@@ -142,7 +143,7 @@ class NotFound(HardenedError):
 
 class Conflict(HardenedError):
     status = 409
-    code = "conflict"
+    code = "resource.conflict"
     title = "Conflict"
 
 

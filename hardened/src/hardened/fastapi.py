@@ -10,6 +10,12 @@ in debug mode), unless a ``translate`` function maps them to a library error
 same way). That handler runs in Starlette's ``ServerErrorMiddleware``, outside
 user middleware, which closes the connection after answering: install the
 boundary middleware too, and this handler only sees what escapes it.
+
+A library error raised on purpose is a refusal, not a failure: logged as
+``request.refused`` at warning (5xx) or info (4xx), sampled like the boundary's
+(`hardened.logging.Sampler`), and only a 500 is an error. A Redis outage in
+strict mode answers every request with a 503; that is an expected answer, and
+one error line per request would page someone for each.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from hardened.errors import (
     problem_for,
 )
 from hardened.http._boundary import log_exception, translate_exception
+from hardened.logging import Sampler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -48,7 +55,12 @@ __all__ = [
     "problem_response",
 ]
 
-_log = structlog.get_logger("hardened.fastapi")
+
+def _log() -> Any:
+    # Per event, not at import: a logger cached on first use would keep the
+    # processors of whatever configuration was active then (tests capture logs).
+    return structlog.get_logger("hardened.fastapi")
+
 
 _STATUS_ERRORS: dict[int, tuple[str, str]] = {
     404: ("resource.not_found", "Not Found"),
@@ -92,25 +104,30 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
 
 
 def install_problem_handlers(
-    app: FastAPI, *, debug: bool = False, translate: Sequence[Translator] = ()
+    app: FastAPI,
+    *,
+    debug: bool = False,
+    translate: Sequence[Translator] = (),
+    sampler: Sampler | None = None,
 ) -> None:
     """Route every error a FastAPI app can raise through the problem renderer.
 
     ``translate``: functions mapping an unexpected exception to a library error
     (first non-None wins), as for `hardened.http.ErrorBoundaryMiddleware`.
+    ``sampler`` thins out repeated refusals in the log (a fresh one-per-second
+    `Sampler` by default; ``Sampler(interval=0)`` logs every one).
     """
     translators = tuple(translate)
+    refusals = sampler if sampler is not None else Sampler()
+
+    def log(request: Request, exc: Exception, error: HardenedError | None) -> None:
+        cid = _correlation_id(request)
+        path = request.url.path
+        log_exception(_log(), exc, error, sampler=refusals, path=path, correlation_id=cid)
 
     async def on_hardened(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HardenedError)  # noqa: S101 - registered for this type
-        level = "error" if exc.status >= 500 else "info"
-        getattr(_log, level)(
-            "request.refused",
-            code=exc.code,
-            status=exc.status,
-            path=request.url.path,
-            context=exc.context,
-        )
+        log(request, exc, exc)
         return problem_response(request, exc, debug=debug)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
@@ -139,19 +156,9 @@ def install_problem_handlers(
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        if translators:
-            error = translate_exception(exc, translators, log=_log)
-            if error is not None:
-                cid = _correlation_id(request)
-                log_exception(_log, exc, error, path=request.url.path, correlation_id=cid)
-                return problem_response(request, error, debug=debug)
-        _log.error(
-            "request.failed",
-            path=request.url.path,
-            correlation_id=_correlation_id(request),
-            exc_info=exc,
-        )
-        return problem_response(request, exc, debug=debug)
+        error = translate_exception(exc, translators, log=_log()) if translators else None
+        log(request, exc, error)
+        return problem_response(request, exc if error is None else error, debug=debug)
 
     app.add_exception_handler(HardenedError, on_hardened)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -8,12 +8,23 @@ same fields and the same scrubbing as our own events.
 
 Run uvicorn with ``log_config=None`` (and SQLAlchemy without ``echo=True``):
 both otherwise attach handlers of their own that print unredacted lines.
+
+The configured level is the application's, not every library's: turning on
+DEBUG for the app must not open aiosqlite's, asyncio's or httpcore's debug
+streams, which drown the app's lines (thousands per minute) and carry raw
+statements and payloads. Third-party loggers stay at ``library_level``
+(INFO by default) unless a logger is named in ``levels``.
+
+During an outage every request ends in the same refusal; `Sampler` lets the
+first of each kind through and then one per interval, counting the rest.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
@@ -24,12 +35,13 @@ from hardened._context import correlation_id_var
 from hardened._redact import Redactor, redact_event, redact_value, use_redactor
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 
     from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
     "Redactor",
+    "Sampler",
     "add_correlation_id",
     "configure_logging",
     "correlation_scope",
@@ -42,6 +54,10 @@ __all__ = [
 # Libraries that install handlers and levels of their own; configure_logging
 # routes them to the root handler instead so their lines are redacted too.
 _ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+# Our own loggers: they follow the application's level, like the ``app_loggers``.
+_OWN_LOGGERS = ("hardened",)
+# Loggers whose level the last configure_logging call set, undone by the next one.
+_leveled: set[str] = set()
 
 
 class _Handler(logging.StreamHandler[IO[str]]):
@@ -111,6 +127,9 @@ def configure_logging(
     *,
     json: bool,
     level: str = "INFO",
+    app_loggers: Sequence[str] = (),
+    library_level: str = "INFO",
+    levels: Mapping[str, str] | None = None,
     extra_processors: Sequence[Processor] = (),
     redactor: Redactor | None = None,
     stream: IO[str] | None = None,
@@ -118,12 +137,20 @@ def configure_logging(
     """Configure structlog and the stdlib root logger; calling again replaces the setup.
 
     ``json`` selects one JSON object per line (production) or the console
-    renderer (development). ``extra_processors`` run after the standard fields
+    renderer (development). ``level`` applies to the application's loggers:
+    ``hardened`` and those named in ``app_loggers`` (with their children, e.g.
+    ``("shopfront",)``). Every other logger, third-party libraries and uvicorn
+    included, is never more verbose than ``library_level`` (nor than
+    ``level``), so ``level="DEBUG"`` does not open their debug output.
+    ``levels`` sets chosen loggers (and their children) exactly (``{"sqlalchemy.engine": "INFO"}``
+    to see statements). ``extra_processors`` run after the standard fields
     are added and before exceptions are formatted and the event is redacted.
     ``redactor`` replaces the default redaction policy (also used by
     `redact_value`). Lines go to ``stream``, standard output by default.
     """
     number = _level_number(level)
+    library_number = max(number, _level_number(library_level))
+    exact = {name: _level_number(value) for name, value in (levels or {}).items()}
     use_redactor(redactor if redactor is not None else Redactor())
     shared = _shared_processors()
     # The structlog-side chain is the same on every call, which keeps
@@ -162,13 +189,94 @@ def configure_logging(
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
-    root.setLevel(number)
+    root.setLevel(library_number)
     for name in _ROUTED_LOGGERS:
         routed = logging.getLogger(name)
         routed.handlers.clear()
-        routed.setLevel(logging.NOTSET)  # ``level`` above governs them too
+        routed.setLevel(logging.NOTSET)  # the root's level governs them too
         routed.propagate = True
         routed.disabled = False
+    _set_levels(
+        {
+            **dict.fromkeys((*_OWN_LOGGERS, *app_loggers), number),
+            **exact,
+        }
+    )
+
+
+def _set_levels(wanted: dict[str, int]) -> None:
+    for name in _leveled - wanted.keys():
+        logging.getLogger(name).setLevel(logging.NOTSET)  # back to following the root
+    for name, number in wanted.items():
+        logging.getLogger(name).setLevel(number)
+    _leveled.clear()
+    _leveled.update(wanted)
+
+
+class _Kind:
+    __slots__ = ("last", "suppressed")
+
+    def __init__(self, last: float) -> None:
+        self.last = last
+        self.suppressed = 0
+
+
+class Sampler:
+    """Let the first event of each kind through, then at most one per ``interval`` seconds.
+
+    An outage turns every request into the same refusal: a line each buries
+    the first (the useful one) and costs I/O when the service can least afford
+    it. Each line let through says how many of its kind were dropped since the
+    previous one (``suppressed``), so totals survive sampling. At most
+    ``max_keys`` kinds are remembered (the least recently logged is forgotten,
+    with its count), so keys derived from input cannot grow memory.
+    ``interval=0`` lets everything through. Thread-safe; ``clock`` is
+    injectable for tests.
+    """
+
+    def __init__(
+        self,
+        interval: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
+    ) -> None:
+        if interval < 0 or max_keys < 1:
+            msg = "interval must be >= 0 and max_keys >= 1"
+            raise ValueError(msg)
+        self.interval = interval
+        self._clock = clock
+        self._max_keys = max_keys
+        self._kinds: dict[Hashable, _Kind] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, key: Hashable) -> int | None:
+        """None to drop this event; else how many of its kind were dropped since the last."""
+        now = self._clock()
+        with self._lock:
+            kind = self._kinds.get(key)
+            if kind is not None and now - kind.last < self.interval:
+                kind.suppressed += 1
+                return None
+            dropped = kind.suppressed if kind is not None else 0
+            self._kinds.pop(key, None)  # re-inserted last: the dict is in logging order
+            if len(self._kinds) >= self._max_keys:
+                del self._kinds[next(iter(self._kinds))]
+            self._kinds[key] = _Kind(now)
+            return dropped
+
+    def pending(self) -> dict[Hashable, int]:
+        """Per kind, the events dropped since its last line (no line has reported them yet)."""
+        with self._lock:
+            return {key: kind.suppressed for key, kind in self._kinds.items() if kind.suppressed}
+
+    def log(self, logger: Any, level: str, event: str, /, **fields: Any) -> bool:
+        """Log ``event`` at ``level``, with ``suppressed=N``, unless dropped; kind = event, code."""
+        suppressed = self.admit((event, fields.get("code")))
+        if suppressed is None:
+            return False
+        getattr(logger, level)(event, suppressed=suppressed, **fields)
+        return True
 
 
 def get_logger(name: str | None = None, **initial_values: Any) -> structlog.stdlib.BoundLogger:

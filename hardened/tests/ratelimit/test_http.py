@@ -17,6 +17,8 @@ from hardened.errors import StoreUnavailable
 from hardened.http._client_ip import ClientIPMiddleware
 from hardened.http._proxy import TrustedProxies
 from hardened.http._request_id import RequestIdMiddleware
+from hardened.logging import Sampler
+from hardened.ratelimit import _http as ratelimit_http
 from hardened.ratelimit._core import Decision, Policy, PolicyResult, RateLimiter
 from hardened.ratelimit._http import (
     CostExceedsLimit,
@@ -184,7 +186,7 @@ async def test_refusal_is_429_problem_with_exact_retry_after() -> None:
     assert resp.headers["retry-after"] == "13"
     body = resp.json()
     assert body["status"] == 429
-    assert body["type"].endswith("quota-exceeded")
+    assert body["type"].endswith("quota_exceeded")
     assert body["violated_policy"] == "login-ip"
     assert body["correlation_id"] == resp.headers["x-request-id"]
     items = dict(parse_sf_list(resp.headers["ratelimit"]))
@@ -315,6 +317,32 @@ async def test_store_down_fail_closed_is_503_and_fail_open_passes() -> None:
     assert strict.headers["retry-after"] == "1"
     assert lenient.status_code == 200
     assert "ratelimit" not in lenient.headers
+
+
+@pytest.mark.anyio
+async def test_store_failures_are_logged_sampled_per_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outage refusing 60 requests logs ratelimit.store_failed once, then once a second."""
+    now = [0.0]
+    sampler = Sampler(clock=lambda: now[0])
+    monkeypatch.setattr(ratelimit_http, "_STORE_FAILURES", sampler)
+    closed = Policy("closed", 10, 60, fail_mode="closed")
+    app = RateLimitMiddleware(
+        hello, limiter=RateLimiter(DownStore()), rules=[Rule("/", ((closed, by_ip),))]
+    )
+    with capture_logs() as logs:
+        async with client(app) as c:
+            statuses = [(await c.get("/x")).status_code for _ in range(50)]
+            now[0] += 1
+            statuses += [(await c.get("/x")).status_code for _ in range(10)]
+    assert statuses == [503] * 60
+    failed = [e for e in logs if e["event"] == "ratelimit.store_failed"]
+    assert [(e["log_level"], e["policy"], e["suppressed"]) for e in failed] == [
+        ("warning", "closed", 0),
+        ("warning", "closed", 49),
+    ]
+    assert sampler.pending() == {"closed": 9}
 
 
 @pytest.mark.anyio

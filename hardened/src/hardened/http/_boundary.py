@@ -24,8 +24,12 @@ Foreign exceptions are mapped to library errors by ``translate``: functions
 only with ``debug=True``. One log event per exception: ``request.failed``
 (error, with the traceback) for a 500, ``request.refused`` with the code for
 any other status, at warning for 5xx (an expected outage is not a bug) and
-info below. `hardened.fastapi.install_problem_handlers` takes the same
-``translate`` for exceptions that reach FastAPI's own handler instead.
+info below. Refusals are sampled by a `hardened.logging.Sampler`: an outage
+refuses every request the same way, and a line each would bury everything
+else, so the first of each code is logged, then one per second with the
+count of those left out (``suppressed``). Failures are never sampled.
+`hardened.fastapi.install_problem_handlers` takes the same ``translate`` for
+exceptions that reach FastAPI's own handler instead.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import structlog
 from hardened._context import get_correlation_id
 from hardened.errors import HardenedError
 from hardened.http._problem import send_problem
+from hardened.logging import Sampler
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -73,21 +78,34 @@ def translate_exception(
     return None
 
 
-def log_exception(log: Any, exc: BaseException, error: HardenedError | None, **fields: Any) -> None:
-    """The one event for an answered exception: failed (500) or refused (any other status)."""
+def log_exception(
+    log: Any,
+    exc: BaseException,
+    error: HardenedError | None,
+    *,
+    sampler: Sampler | None = None,
+    **fields: Any,
+) -> None:
+    """The one event for an answered exception: failed (500) or refused (any other status).
+
+    A refusal goes through ``sampler`` when one is given; a failure is always logged.
+    """
     if error is None or error.status == 500:
         code = error.code if error is not None else HardenedError.code
         log.error("request.failed", code=code, status=500, exc_info=exc, **fields)
         return
     level = "warning" if error.status >= 500 else "info"
-    getattr(log, level)(
-        "request.refused",
-        code=error.code,
-        status=error.status,
-        cause=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        context=error.context,
+    refused = {
+        "code": error.code,
+        "status": error.status,
+        "cause": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "context": error.context,
         **fields,
-    )
+    }
+    if sampler is None:
+        getattr(log, level)("request.refused", **refused)
+    else:
+        sampler.log(log, level, "request.refused", **refused)
 
 
 class ErrorBoundaryMiddleware:
@@ -95,15 +113,23 @@ class ErrorBoundaryMiddleware:
 
     Install it just inside `RequestIdMiddleware` and `SecurityHeadersMiddleware`
     so its answers carry their headers; with FastAPI, add it before them
-    (``add_middleware`` wraps, the last added is the outermost).
+    (``add_middleware`` wraps, the last added is the outermost). ``sampler``
+    thins out repeated refusals (a fresh one-per-second `Sampler` by default;
+    ``Sampler(interval=0)`` logs every one).
     """
 
     def __init__(
-        self, app: ASGIApp, *, translate: Sequence[Translator] = (), debug: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        translate: Sequence[Translator] = (),
+        debug: bool = False,
+        sampler: Sampler | None = None,
     ) -> None:
         self.app = app
         self.translate = tuple(translate)
         self.debug = debug
+        self.sampler = sampler if sampler is not None else Sampler()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,6 +151,11 @@ class ErrorBoundaryMiddleware:
             log = structlog.get_logger("hardened.http")
             error = translate_exception(exc, self.translate, log=log)
             log_exception(
-                log, exc, error, path=scope.get("path"), correlation_id=get_correlation_id()
+                log,
+                exc,
+                error,
+                sampler=self.sampler,
+                path=scope.get("path"),
+                correlation_id=get_correlation_id(),
             )
             await send_problem(scope, send, error if error is not None else exc, debug=self.debug)

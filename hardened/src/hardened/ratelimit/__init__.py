@@ -7,7 +7,7 @@ middleware, a FastAPI dependency and the IETF ``RateLimit-Policy`` /
 ``RateLimit`` headers, and `Throttle` for the same limits outside HTTP
 (WebSocket messages, outbound sends, job enqueues).
 
-Error codes: ``ratelimit.quota-exceeded`` (429 `QuotaExceeded`, with
+Error codes: ``ratelimit.quota_exceeded`` (429 `QuotaExceeded`, with
 ``Retry-After``) and ``ratelimit.cost_exceeds_limit`` (422 `CostExceedsLimit`:
 a cost above what a policy can ever admit, so no retry hint); a fail-closed
 policy without its store refuses with ``store.unavailable`` (503).

@@ -16,13 +16,16 @@ policies are not advertised since they do not limit anyone. Seconds are
 integers rounded up, so a client that waits ``t`` is never early. ``pk``
 (partition key) is deliberately omitted: it would be derived from the key.
 
-A refusal is a 429 problem+json of type ``...:ratelimit.quota-exceeded`` naming
+A refusal is a 429 problem+json of type ``...:ratelimit.quota_exceeded`` naming
 the violated policy (``violated_policy``), never the key (an IP, a user id), with
 ``Retry-After`` = ``ceil(retry_after)`` (>= 1), equal to the ``t`` of the
 violated policy. A fail-closed refusal caused by an unreachable store is a 503
 ``store.unavailable`` instead (the client did nothing wrong), and after any store
 failure no RateLimit fields are sent: the numbers would be the fail modes' guesses. The event
-``ratelimit.limited`` logs the policy and path, and the key only as a hash.
+``ratelimit.limited`` logs the policy and path, and the key only as a hash;
+``ratelimit.store_failed`` is sampled (`hardened.logging.Sampler`: the first per
+policy, then one a second with the count left out), since during an outage every
+request fails the same way.
 
 A cost the policy can never admit (above its burst or limit, `Decision.impossible`)
 is `CostExceedsLimit`: a 422 problem ``ratelimit.cost_exceeds_limit`` naming the
@@ -54,6 +57,7 @@ from hardened._types import Scope
 from hardened.errors import RateLimited, StoreUnavailable, ValidationFailed
 from hardened.http._paths import PathPattern
 from hardened.http._problem import send_problem
+from hardened.logging import Sampler
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterable, Mapping, Sequence
@@ -83,13 +87,14 @@ Keyer: TypeAlias = Callable[[Scope], str | None]
 """A key function: the bucket key of a request, or None when the policy does not apply."""
 
 _MAX_SF_INT = 999_999_999_999_999  # RFC 9651 sf-integer: at most 15 digits
+_STORE_FAILURES = Sampler()  # ratelimit.store_failed: first per policy, then one a second
 _client_ip = client_ip_var.get  # get_client_ip() without its call, for every request
 
 
 class QuotaExceeded(RateLimited):
-    """429 naming the violated policy (never its key); type ``...:ratelimit.quota-exceeded``."""
+    """429 naming the violated policy (never its key); type ``...:ratelimit.quota_exceeded``."""
 
-    code = "ratelimit.quota-exceeded"
+    code = "ratelimit.quota_exceeded"
     title = "Quota exceeded"
 
     def __init__(
@@ -402,11 +407,13 @@ def _refusal(
         )
     if violated is None or decision.store_failed:
         # A fail-closed policy refused because the store is down: the client is not at fault.
-        structlog.get_logger("hardened.ratelimit").warning(
-            "ratelimit.store_failed",
-            policy=violated.policy.name if violated is not None else None,
-            path=path,
-        )
+        # Every request refuses the same way until it is back: sampled, not a line each.
+        name = violated.policy.name if violated is not None else None
+        suppressed = _STORE_FAILURES.admit(name)
+        if suppressed is not None:
+            structlog.get_logger("hardened.ratelimit").warning(
+                "ratelimit.store_failed", policy=name, path=path, suppressed=suppressed
+            )
         return StoreUnavailable(
             "Rate limiting is temporarily unavailable.", retry_after=retry_after_seconds(decision)
         )
