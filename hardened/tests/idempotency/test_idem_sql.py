@@ -130,6 +130,7 @@ class Scenario:
         self.crash_in: str | None = None
         self.fail_in: str | None = None
         self.provider_delay = 0.0
+        self.crash_after: str | None = None
 
     def local(self, name: str) -> LocalPhase:
         async def run(session: AsyncSession, state: PhaseState) -> PhaseState:
@@ -175,7 +176,13 @@ class Scenario:
             state={"msisdn": "+100"},
             lease=lease,
             retention=KEEP,
+            on_recorded=self._recorded,
         )
+
+    def _recorded(self, name: str) -> None:
+        if self.crash_after == name:
+            self.crash_after = None
+            raise Crash
 
 
 EXPECTED = {
@@ -213,6 +220,22 @@ async def test_crash_resumes_after_the_last_recovery_point(env: SqlEnv) -> None:
         "record": 1,
         "capture": 1,
     }
+
+
+@pytest.mark.parametrize("phase", ["reserve", "activate", "record", "capture"])
+async def test_on_recorded_fires_when_the_phase_is_durable(env: SqlEnv, phase: str) -> None:
+    """A crash in on_recorded(X) never runs X again: X's result was durable when it fired."""
+    sim = Scenario(env, "sim")
+    sim.crash_after = phase
+    with pytest.raises(Crash):
+        await sim.run(lease=0.2)
+    order = ["reserve", "activate", "record", "capture"]
+    done = order[: order.index(phase) + 1]
+    assert sim.calls == Counter(done)  # nothing after X started
+    await asyncio.sleep(0.3)  # the crashed holder's lease lapses
+    assert await sim.run(lease=0.2) == EXPECTED
+    assert sim.calls == Counter(order)  # each phase ran exactly once in all
+    assert await env.effect_count() == 3
 
 
 async def test_crash_in_a_local_phase_rolls_it_back_and_reruns_it(env: SqlEnv) -> None:

@@ -117,6 +117,7 @@ async def run_phases(
     retention: float = 86400.0,
     sessions: Callable[[], AsyncSession] | None = None,
     complete_retry_for: float = DEFAULT_COMPLETE_RETRY_FOR,
+    on_recorded: Callable[[str], object] | None = None,
 ) -> PhaseState:
     """Run ``phases`` once per ``key``, resuming after the last recorded one.
 
@@ -137,6 +138,11 @@ async def run_phases(
     the same and recorded in the background for up to ``complete_retry_for``
     seconds, the lease renewed meanwhile (see `HeldLease`), so the external
     call is not made again by a retry.
+
+    ``on_recorded`` is called with a phase's name once its result is durable (its
+    recovery point committed; for the last phase, the final result), before the
+    next phase starts: the one place to observe "phase X has completed", e.g. to
+    inject a crash there in a test.
     """
     names = [phase.name for phase in phases]
     if not names or len(set(names)) != len(names) or not all(names):
@@ -169,6 +175,7 @@ async def run_phases(
         retention=retention,
         sessions=sessions,
         complete_retry_for=complete_retry_for,
+        on_recorded=on_recorded,
     )
     return await run.all(phases, claim, state)
 
@@ -196,8 +203,10 @@ class _Run:
         retention: float,
         sessions: Callable[[], AsyncSession],
         complete_retry_for: float,
+        on_recorded: Callable[[str], object] | None,
     ) -> None:
         self.backend, self.key, self.token = backend, key, token
+        self.on_recorded = on_recorded
         self.key_hash = key_hash_for_logs(key)
         self.lease, self.retention, self.sessions = lease, retention, sessions
         self.complete_retry_for = complete_retry_for
@@ -220,6 +229,8 @@ class _Run:
             for index in range(start, len(phases)):
                 last = index == len(phases) - 1
                 current = await self._phase(held, phases[index], current, last)
+                if self.on_recorded is not None:
+                    self.on_recorded(phases[index].name)
             return current
         except LeaseLost:
             held.mark_lost("phase")

@@ -4,9 +4,19 @@ Some deployments prefer "keep serving from this process" over "refuse" while
 Redis is down. That trade has a price the operator must accept knowingly: what
 is written during the outage lives only in this worker and is gone on restart,
 and other workers do not see it. So the fallback is never silent: every
-operation that falls back is logged (``store.fallback``) and counted. Strict
+operation that falls back is logged (``store.fallback``) and counted
+(``hardened_store_fallbacks_total{operation}``), and a store is counted in the
+gauge ``hardened_store_fallback_degraded`` while it is degraded. Strict
 deployments (auth tokens with ``AUTH_REQUIRE_REDIS_FOR_TOKENS``) do not wrap
 their store and turn `StoreUnavailable` into a 503 instead.
+
+Never sticky: every operation tries the primary first, so the first one after
+the primary answers again is served by it (``degraded`` turns false, the gauge
+drops, ``store.primary_restored`` is logged once) and writes are shared again.
+What was written to the fallback during the outage is not copied back (it could
+conflict with what other workers wrote meanwhile) and is no longer read: it is
+orphaned and expires with its TTL. For auth tokens this means a session started
+during the outage ends when Redis returns.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from hardened.errors import StoreUnavailable
-from hardened.observability._metrics import counter
+from hardened.observability._metrics import counter, gauge
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +40,13 @@ T = TypeVar("T")
 _FALLBACKS = counter(
     "store_fallbacks_total", "Operations served by the fallback store.", ["operation"]
 )
-_log = structlog.get_logger("hardened.stores")
+_DEGRADED = gauge(
+    "store_fallback_degraded", "Fallback stores whose primary failed the latest attempt."
+)
+
+
+def _log() -> Any:
+    return structlog.get_logger("hardened.stores")  # per event: later configuration applies
 
 
 class FallbackStore:
@@ -39,16 +55,32 @@ class FallbackStore:
     def __init__(self, primary: Store, fallback: Store) -> None:
         self.primary = primary
         self.fallback = fallback
+        self._degraded = False
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the primary failed the latest operation that tried it (the fallback serves)."""
+        return self._degraded
 
     async def _call(
         self, operation: str, first: Callable[[], Awaitable[T]], second: Callable[[], Awaitable[T]]
     ) -> T:
         try:
-            return await first()
+            result = await first()
         except StoreUnavailable:
             _FALLBACKS.labels(operation=operation).inc()
-            _log.warning("store.fallback", operation=operation)
+            _log().warning("store.fallback", operation=operation)
+            self._mark(degraded=True)
             return await second()
+        if self._degraded:
+            self._mark(degraded=False)
+            _log().info("store.primary_restored", operation=operation)
+        return result
+
+    def _mark(self, *, degraded: bool) -> None:
+        if degraded != self._degraded:
+            self._degraded = degraded
+            _DEGRADED.inc(1 if degraded else -1)
 
     async def get(self, key: str) -> bytes | None:
         return await self._call(
@@ -114,5 +146,6 @@ class FallbackStore:
         await self.primary.ping()
 
     async def aclose(self) -> None:
+        self._mark(degraded=False)  # a closed store serves nothing: stop counting it
         await self.primary.aclose()
         await self.fallback.aclose()
