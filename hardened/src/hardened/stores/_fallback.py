@@ -4,8 +4,9 @@ Some deployments prefer "keep serving from this process" over "refuse" while
 Redis is down. That trade has a price the operator must accept knowingly: what
 is written during the outage lives only in this worker and is gone on restart,
 and other workers do not see it. So the fallback is never silent: every
-operation that falls back is logged (``store.fallback``) and counted
-(``hardened_store_fallbacks_total{operation}``), and a store is counted in the
+operation that falls back is counted (``hardened_store_fallbacks_total{operation}``)
+and logged (``store.fallback``: the first per operation, then one a second with
+``suppressed=N``, since an outage fails every call), and a store is counted in the
 gauge ``hardened_store_fallback_degraded`` while it is degraded. Strict
 deployments (auth tokens with ``AUTH_REQUIRE_REDIS_FOR_TOKENS``) do not wrap
 their store and turn `StoreUnavailable` into a 503 instead.
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from hardened.errors import StoreUnavailable
+from hardened.logging import Sampler
 from hardened.observability._metrics import counter, gauge
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ class FallbackStore:
         self.primary = primary
         self.fallback = fallback
         self._degraded = False
+        self._sampler = Sampler()
 
     @property
     def degraded(self) -> bool:
@@ -69,7 +72,9 @@ class FallbackStore:
             result = await first()
         except StoreUnavailable:
             _FALLBACKS.labels(operation=operation).inc()
-            _log().warning("store.fallback", operation=operation)
+            suppressed = self._sampler.admit(operation)
+            if suppressed is not None:  # an outage fails every call: one line a second each
+                _log().warning("store.fallback", operation=operation, suppressed=suppressed)
             self._mark(degraded=True)
             return await second()
         if self._degraded:
