@@ -5,9 +5,10 @@ HSTS pins HTTPS, ``nosniff`` stops MIME sniffing, ``frame-ancestors`` and
 ``X-Frame-Options`` stop click-jacking, COOP isolates the browsing context,
 and a strict CSP stops injected markup from running scripts. An API serves
 JSON, so the default CSP allows nothing at all. The interactive ``/docs`` page
-needs scripts and styles from a CDN, so CSP is relaxed per path prefix
-(`SecurityHeaders.csp_overrides`) instead of being weakened for the whole
-service.
+needs scripts, styles and fetches of its own origin, so CSP is relaxed per path
+prefix (`SecurityHeaders.csp_overrides`) instead of being weakened for the
+whole service; it loads nothing from anywhere else (serve Swagger UI's files
+locally, see `hardened.openapi`).
 
 Headers the application already set win: the middleware only fills gaps and
 never overrides a deliberate choice. HSTS is sent only when configured, and
@@ -23,7 +24,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from hardened._types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,20 +34,34 @@ __all__ = [
     "SWAGGER_UI_CSP",
     "SecurityHeaders",
     "SecurityHeadersMiddleware",
+    "swagger_ui_csp",
 ]
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 """The default policy: a JSON API needs to load nothing and be framed by nobody."""
 
-SWAGGER_UI_CSP = (
-    "default-src 'none'; "
-    "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "img-src 'self' data: https://fastapi.tiangolo.com; "
-    "connect-src 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
-"""What FastAPI's Swagger UI page needs (CDN assets, an inline bootstrap script, fetches)."""
+
+def swagger_ui_csp(script_hashes: Iterable[str] | None = None) -> str:
+    """The CSP of a Swagger UI page whose files are served by the app itself.
+
+    Nothing is loaded from another origin. FastAPI's page starts Swagger UI
+    with one inline script: ``script_hashes`` (``'sha256-…'`` sources) allow
+    exactly those inline scripts; None allows any (``'unsafe-inline'``).
+    """
+    inline = ["'unsafe-inline'"] if script_hashes is None else list(script_hashes)
+    scripts = " ".join(["'self'", *inline])
+    return (
+        "default-src 'none'; "
+        f"script-src {scripts}; "
+        "style-src 'self'; "
+        "img-src 'self' data:; "
+        "connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+
+
+SWAGGER_UI_CSP = swagger_ui_csp()
+"""What FastAPI's Swagger UI page needs with local assets: its own origin and its inline start."""
 
 _ONE_YEAR = 31_536_000
 
