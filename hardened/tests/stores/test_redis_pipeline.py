@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hardened.errors import StoreUnavailable
 from hardened.stores import RedisStore, Script, ScriptError, tagged
@@ -17,7 +19,7 @@ from hardened.stores._pipeline import MAX_BATCH, Pipeliner
 from hardened.testing import scratch_redis_store
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
 pytestmark = pytest.mark.anyio
 
@@ -35,15 +37,6 @@ MAYBE_FAIL = Script(
     "return ARGV[1]\n",
     lambda s, k, a, n: a[0],
 )
-# Busy-waits ARGV[1] ms on the server clock, then returns ARGV[2]: holds replies back.
-SLOW_ECHO = Script(
-    "test_pipeline_slow_echo",
-    "local t = redis.call('TIME')\n"
-    "local start = t[1] * 1000000 + t[2]\n"
-    "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= ARGV[1] * 1000\n"
-    "return ARGV[2]\n",
-    lambda s, k, a, n: a[1],
-)
 
 
 def _pipeliner(store: RedisStore) -> Pipeliner:
@@ -56,6 +49,41 @@ def _errors(operation: str) -> float:
         "hardened_store_errors_total", {"backend": "redis", "operation": operation}
     )
     return value or 0.0
+
+
+def _resp(*args: str) -> bytes:
+    """A command as RESP, for commands the store has no method for (BLPOP as a gate)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until ``condition`` holds: waits on an effect, never on a duration."""
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+async def _pooled_client_ids(store: RedisStore, count: int) -> set[int]:
+    """Open ``count`` pooled connections and return their server-side client ids."""
+    pool = store._pool
+    assert pool is not None
+    conns = [await pool.get_connection() for _ in range(count)]
+    ids = set()
+    for conn in conns:
+        await conn.send_command("CLIENT", "ID")
+        ids.add(int(await conn.read_response()))
+    for conn in conns:
+        await pool.release(conn)
+    return ids
+
+
+async def _until_closed(admin: Redis, ids: set[int]) -> None:
+    """Wait until the server lists none of the client ``ids``."""
+    while ids & {int(client["id"]) for client in await admin.client_list()}:
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -89,60 +117,68 @@ async def test_concurrent_calls_get_their_own_replies_in_few_writes(store: Redis
 
 
 async def test_cancelled_caller_in_a_batch_leaves_the_connection_in_step(redis_url: str) -> None:
-    """A caller cancelled while its batch is on the wire: reply dropped, connection kept."""
-    store = RedisStore.from_url(redis_url, max_connections=1, timeout=2.0)
-    try:
+    """A caller cancelled while its batch is on the wire: reply dropped, connection kept in step."""
+    async with scratch_redis_store(redis_url, max_connections=1, timeout=60.0) as store:
+        names = ("lone", "cancelled", "after", "next")
+        for name in names:
+            await store.set(name, name.encode(), ttl=60)
         client_id = await store.client.client_id()
-        writes = _pipeliner(store).writes
-        calls = [(0, "lone"), (500, "slow"), (0, "cancelled"), (0, "after")]
-        tasks = [asyncio.create_task(store.run(SLOW_ECHO, [], list(c))) for c in calls]
-        while _pipeliner(store).writes < writes + 2:  # lone answered, the batch on the wire
-            await asyncio.sleep(0.002)
-        assert not tasks[1].done()  # the batch is held by "slow"
+        pipeliner = _pipeliner(store)
+        gate = store._prefix + "gate"
+        writes = pipeliner.writes
+        # "lone" is sent at once; the rest queue behind it as one batch, whose replies
+        # the server holds back behind the BLPOP until the gate opens.
+        tasks = [
+            asyncio.create_task(store.get("lone")),
+            asyncio.create_task(pipeliner.call(_resp("BLPOP", gate, "0"))),
+            asyncio.create_task(store.get("cancelled")),
+            asyncio.create_task(store.get("after")),
+        ]
+        assert await tasks[0] == b"lone"
+        await _until(lambda: pipeliner.writes >= writes + 2)  # the batch is on the wire
         tasks[2].cancel()
         with pytest.raises(asyncio.CancelledError):
             await tasks[2]
-        assert [await tasks[i] for i in (0, 1, 3)] == [b"lone", b"slow", b"after"]
-        assert await store.run(SLOW_ECHO, [], [0, "next"]) == b"next"
-        assert _pipeliner(store).writes == writes + 3  # lone, the batch of three, next
+        assert not tasks[1].done()
+        assert not tasks[3].done()
+        admin = Redis.from_url(redis_url)  # the store's one connection carries the batch
+        try:
+            await admin.lpush(gate, "open")
+        finally:
+            await admin.aclose()
+        assert await tasks[1] == [gate.encode(), b"open"]
+        assert await tasks[3] == b"after"
+        assert await store.get("next") == b"next"
+        assert pipeliner.writes == writes + 3  # lone, the batch of three, next
         assert await store.client.client_id() == client_id  # never disconnected
-    finally:
-        await store.aclose()
 
 
 async def test_connection_killed_mid_batch_fails_its_calls_then_recovers(redis_url: str) -> None:
     """CLIENT KILL while calls await replies: each fails as StoreUnavailable, the next succeed."""
-    store = RedisStore.from_url(redis_url, max_connections=2, timeout=2.0)
-    admin = Redis.from_url(redis_url)
-    pool = store.client.connection_pool
-    try:
-        conns = [await pool.get_connection() for _ in range(2)]
-        ids = []
-        for conn in conns:
-            await conn.send_command("CLIENT", "ID")
-            ids.append(await conn.read_response())
-        for conn in conns:
-            await pool.release(conn)
-        # One read on the server: it runs the slow script, then kills both pooled
-        # connections before it reads what the store sends meanwhile.
-        pipe = admin.pipeline(transaction=False)
-        pipe.eval(SLOW_ECHO.source, 0, 300, "admin")
-        for client_id in ids:
-            pipe.client_kill_filter(_id=client_id)
-        killer = asyncio.create_task(pipe.execute())
-        await asyncio.sleep(0.05)
-        writes, errors = _pipeliner(store).writes, _errors(ECHO_ARGV.name)
-        calls = [store.run(ECHO_ARGV, [], [str(i)]) for i in range(20)]
-        failed = await asyncio.gather(*calls, return_exceptions=True)
-        assert all(isinstance(result, StoreUnavailable) for result in failed), failed
-        assert _pipeliner(store).writes == writes + 2  # the lone first call, then one batch
+    async with scratch_redis_store(redis_url, max_connections=2, timeout=60.0) as store:
+        ids = await _pooled_client_ids(store, 2)
+        pipeliner = _pipeliner(store)
+        gate = store._prefix + "gate"
+        writes, errors = pipeliner.writes, _errors(ECHO_ARGV.name)
+        # A lone BLPOP is sent at once; the second heads the batch the 20 scripts join.
+        # The gate never opens: no reply can arrive before the kill.
+        held = [asyncio.create_task(pipeliner.call(_resp("BLPOP", gate, "0"))) for _ in range(2)]
+        calls = [asyncio.create_task(store.run(ECHO_ARGV, [], [str(i)])) for i in range(20)]
+        await _until(lambda: pipeliner.writes >= writes + 2)  # both on the wire
+        admin = Redis.from_url(redis_url)
+        try:
+            killed = [await admin.client_kill_filter(_id=str(client_id)) for client_id in ids]
+        finally:
+            await admin.aclose()
+        assert killed == [1, 1]
+        async with asyncio.timeout(30):  # a lost batch that never fails fails here, not in a hang
+            failed = await asyncio.gather(*held, *calls, return_exceptions=True)
+        assert all(isinstance(result, RedisConnectionError) for result in failed[:2]), failed
+        assert all(isinstance(result, StoreUnavailable) for result in failed[2:]), failed
         assert _errors(ECHO_ARGV.name) == errors + 20
-        assert (await killer)[0] == b"admin"
+        assert pipeliner.writes == writes + 2
         again = await asyncio.gather(*(store.run(ECHO_ARGV, [], [str(i)]) for i in range(20)))
         assert again == [[str(i).encode()] for i in range(20)]
-    finally:
-        await admin.aclose()
-        await store.aclose()
 
 
 async def test_noscript_inside_a_batch_is_recovered_for_every_call(store: RedisStore) -> None:
@@ -178,17 +214,35 @@ async def test_error_reply_fails_only_its_own_call(store: RedisStore) -> None:
 
 
 async def test_batch_timeout_fails_its_calls_then_recovers(redis_url: str) -> None:
-    """A batch whose replies outlast `timeout` fails as StoreUnavailable; later calls pass."""
-    store = RedisStore.from_url(redis_url, max_connections=2, timeout=0.25)
-    try:
-        calls = [store.run(SLOW_ECHO, [], [600 if i == 0 else 0, str(i)]) for i in range(10)]
-        failed = await asyncio.gather(*calls, return_exceptions=True)
-        assert all(isinstance(result, StoreUnavailable) for result in failed), failed
-        await asyncio.sleep(0.5)  # the server is done with the slow script
-        again = await asyncio.gather(*(store.run(SLOW_ECHO, [], [0, str(i)]) for i in range(10)))
-        assert again == [str(i).encode() for i in range(10)]
-    finally:
-        await store.aclose()
+    """Replies held past `timeout` fail its batch and close the connection; later calls pass."""
+    async with scratch_redis_store(redis_url, max_connections=2, timeout=1.0) as store:
+        for i in range(10):
+            await store.set(f"k{i}", f"v{i}".encode(), ttl=60)
+        ids = await _pooled_client_ids(store, 2)
+        pipeliner = _pipeliner(store)
+        gate = store._prefix + "gate"
+        writes, errors = pipeliner.writes, _errors("get")
+        # A lone BLPOP is sent at once; the second one heads the batch the gets join.
+        # The gate stays shut, so neither connection can answer within the timeout.
+        held = [asyncio.create_task(pipeliner.call(_resp("BLPOP", gate, "0"))) for _ in range(2)]
+        gets = [asyncio.create_task(store.get(f"k{i}")) for i in range(1, 10)]
+        async with asyncio.timeout(30):  # a batch that never times out fails here, not in a hang
+            failed = await asyncio.gather(*held, *gets, return_exceptions=True)
+        assert all(isinstance(result, RedisTimeoutError) for result in failed[:2]), failed
+        assert all(isinstance(result, StoreUnavailable) for result in failed[2:]), failed
+        assert _errors("get") == errors + 9
+        assert pipeliner.writes == writes + 2  # the lone BLPOP, then one batch of ten
+        admin = Redis.from_url(redis_url)
+        try:
+            # Unread replies were left on both connections: the server must see them closed.
+            async with asyncio.timeout(30):
+                await _until_closed(admin, ids)
+            await admin.lpush(gate, "late", "late")  # nobody is left to receive these
+        finally:
+            await admin.aclose()
+        again = await asyncio.gather(*(store.get(f"k{i}") for i in range(10)))
+        assert again == [f"v{i}".encode() for i in range(10)]
+        assert pipeliner.writes == writes + 4  # a lone get, then a batch of nine
 
 
 async def test_store_without_pipeline_serves_bursts(redis_url: str) -> None:
