@@ -1,7 +1,9 @@
 import asyncio
 import base64
 import json
+import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import bcrypt
 import psycopg
@@ -130,6 +132,34 @@ def _b64(data: bytes) -> str:
 
 
 NONE_HEADER = _b64(b'{"alg":"none","typ":"JWT"}')
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)$")
+
+
+@pytest.mark.anyio
+async def test_sessions_list_times_as_iso_8601_utc(redis_app: FastAPI) -> None:
+    """/auth/sessions gives created_at and last_used_at as ISO 8601 UTC strings, not epochs."""
+    async with client_for(redis_app) as client:
+        shop = await _shop_domain(client)
+        await _user(client, shop)
+        first = await _login(client, shop)
+        rotated = await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        auth = {"authorization": f"Bearer {rotated.json()['access_token']}"}
+        listed = await client.get("/auth/sessions", headers=auth)
+    await redis_app.state.shopfront.store.aclose()
+    await redis_app.state.shopfront.db.aclose()
+    assert listed.status_code == 200
+    [session] = listed.json()
+    assert session["current"] is True
+    times = {name: session[name] for name in ("created_at", "last_used_at")}
+    for value in times.values():
+        assert isinstance(value, str)
+        assert ISO_UTC.match(value), value
+    created, used = (datetime.fromisoformat(times[n]) for n in ("created_at", "last_used_at"))
+    assert created.utcoffset() == used.utcoffset() == timedelta(0)
+    assert created <= used  # the refresh touched the session after it began
+    assert abs(datetime.now(UTC) - created) < timedelta(hours=1)  # seconds, not ms or ns
 
 
 @pytest.mark.anyio

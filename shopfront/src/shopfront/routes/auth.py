@@ -8,6 +8,7 @@ must echo the CSRF token, bound to the sign-in session, in a header).
 
 import contextlib
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response, WebSocket, WebSocketDisconnect, status
@@ -98,9 +99,14 @@ class TokensOut(BaseModel):
 
 class SessionOut(BaseModel):
     session_id: str
-    created_at: float
-    last_used_at: float
+    created_at: datetime
+    last_used_at: datetime
     current: bool
+
+
+def _utc(epoch_seconds: float) -> datetime:
+    """The token store keeps epoch seconds; the API speaks ISO 8601 in UTC everywhere."""
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC)
 
 
 def _answer(auth: Auth, tokens: accounts.Tokens, response: Response, *, cookie: bool) -> TokensOut:
@@ -218,8 +224,8 @@ async def sessions(user: User, auth: AuthDep) -> list[SessionOut]:
     return [
         SessionOut(
             session_id=f.family_id,
-            created_at=f.created_at,
-            last_used_at=f.last_used_at,
+            created_at=_utc(f.created_at),
+            last_used_at=_utc(f.last_used_at),
             current=f.family_id == claims.sid,
         )
         for f in families
