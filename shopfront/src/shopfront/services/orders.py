@@ -9,6 +9,8 @@ and inserts the shipment together, so a failure leaves neither.
 
 from __future__ import annotations
 
+import secrets
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ from sqlalchemy import or_, select
 
 from hardened.db.integrity import (
     conditional_increment,
+    human_number,
     insert_with_unique_number,
     integrity_errors,
     update_versioned,
@@ -42,12 +45,20 @@ from shopfront.models import (
 
 if TYPE_CHECKING:
     import uuid
+    from collections.abc import Callable
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from shopfront.schemas import OrderIn, ShipmentIn
 
-__all__ = ["TRANSITIONS", "create_order", "ship_order", "transition_order", "update_shipment"]
+__all__ = [
+    "TRANSITIONS",
+    "create_order",
+    "number_space",
+    "ship_order",
+    "transition_order",
+    "update_shipment",
+]
 
 # status → statuses it may move to (shipping has its own route: it creates a shipment).
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -64,6 +75,17 @@ SHIPMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "returned": frozenset(),
 }
 NUMBER_CONSTRAINT = "uq_orders_tenant_id_number"
+#: Test-only (ORDER_NUMBER_SPACE, set per request by `shopfront.testing_probe`): numbers
+#: drawn from this many values, so a storm's numbers collide. Unset: 50-bit random numbers.
+number_space: ContextVar[int | None] = ContextVar("order_number_space", default=None)
+
+
+def _numbers() -> Callable[[], str]:
+    space = number_space.get()
+    if space is None:
+        return human_number
+    width = len(str(space - 1))
+    return lambda: f"{secrets.randbelow(space):0{width}d}"
 
 
 async def _redeem(
@@ -169,7 +191,11 @@ async def create_order(
         metadata=Base.metadata,
     ):
         order = await insert_with_unique_number(
-            session, build, constraint=NUMBER_CONSTRAINT, columns=("tenant_id", "number")
+            session,
+            build,
+            constraint=NUMBER_CONSTRAINT,
+            generate=_numbers(),
+            columns=("tenant_id", "number"),
         )
     session.add(
         OrderStatusChange(tenant_id=tenant_id, order_id=order.id, to_status="pending", version=1)
