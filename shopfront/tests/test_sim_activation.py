@@ -11,7 +11,9 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from fake_sim import FakeSimProvider, running_fake_sim
+from hardened.db.tenancy import tenant_session
 from hardened.db.transaction import run_transaction
+from hardened.idempotency import scoped_key
 from sf_storm import workers
 from sf_support import (
     GENEROUS_LIMITS,
@@ -24,7 +26,7 @@ from sf_support import (
     new_shop,
 )
 from shopfront.app import create_app
-from shopfront.models import LEDGER
+from shopfront.models import IDEMPOTENCY, LEDGER, SimActivation
 
 pytestmark = pytest.mark.anyio
 
@@ -177,11 +179,63 @@ def _env(db: ShopDatabase, sim_url: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("phase", ["reserve", "provider", "activate", "record", "capture"])
+async def _durable(
+    app: FastAPI, shop: Shop, sim: FakeSimProvider, key: str, iccid: str
+) -> dict[str, Any]:
+    """What survived a kill: the key's recovery point, the provider, the row, the hold."""
+    state = app.state.shopfront
+    record = scoped_key(
+        tenant=shop.tenant_id, principal=None, method="POST", route="/sims/activations", key=key
+    )
+
+    async def recovery_point(session: Any) -> str | None:
+        t = IDEMPOTENCY.c
+        row = (await session.execute(select(t.state, t.phase).where(t.key == record))).one()
+        return "done" if row.state == "done" else row.phase
+
+    async def rows(session: Any) -> int:
+        query = select(func.count()).where(SimActivation.iccid == iccid)
+        return int(await session.scalar(query))
+
+    books = await _books(app, shop)
+    tenant = uuid.UUID(shop.tenant_id)
+    return {
+        "recovery_point": await run_transaction(state.db.sessions, recovery_point),
+        "provider_activations": sim.by_iccid.get(iccid, 0),
+        "activation_rows": await run_transaction(
+            lambda: tenant_session(state.db.sessions, tenant), rows
+        ),
+        "reserved": books["reserved"],
+        "kinds": books["kinds"],
+    }
+
+
+def _expected(point: str, *, provider: int, rows: int, captured: bool = False) -> dict[str, Any]:
+    kinds = {"top_up": 1, "reserve": 1, **({"capture": 1} if captured else {})}
+    return {
+        "recovery_point": point,
+        "provider_activations": provider,
+        "activation_rows": rows,
+        "reserved": 0 if captured else PRICE,
+        "kinds": kinds,
+    }
+
+
+# SIM_CRASH_AFTER=X: what is durable at the kill (X's effect and recovery point, nothing later).
+CRASH_POINTS = {
+    "reserve": _expected("reserve", provider=0, rows=0),
+    "provider_answered": _expected("reserve", provider=1, rows=0),  # activated, not recorded
+    "activate": _expected("activate", provider=1, rows=0),
+    "record": _expected("record", provider=1, rows=1),
+    "capture": _expected("done", provider=1, rows=1, captured=True),
+}
+
+
+@pytest.mark.parametrize("phase", list(CRASH_POINTS))
 async def test_worker_killed_at_each_phase_activates_and_charges_once(
     pg_shop_db: ShopDatabase, phase: str
 ) -> None:
-    """SIGKILL after each phase, retry with the key on a new worker: one activation, one capture."""
+    """SIGKILL after each phase leaves exactly it durable; a retry activates and charges once."""
     local = create_app(make_settings(pg_shop_db.url))
     async with running_fake_sim() as sim:
         env = _env(pg_shop_db, sim.url)
@@ -189,16 +243,19 @@ async def test_worker_killed_at_each_phase_activates_and_charges_once(
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                 shop = await new_shop(client)
                 await fund(local, shop, 1000)
-                headers = {**shop.headers, "idempotency-key": str(uuid.uuid4())}
+                key = str(uuid.uuid4())
+                headers = {**shop.headers, "idempotency-key": key}
                 body = _activation(_iccid())
                 with pytest.raises(httpx.TransportError):  # the worker died mid-request
                     await client.post("/sims/activations", json=body, headers=headers)
+        at_kill = await _durable(local, shop, sim, key, body["iccid"])
         with workers(1, env) as [url]:
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                 answers = [await _until_done(client, body, headers)]
                 answers.append(await client.post("/sims/activations", json=body, headers=headers))
         books = await _books(local, shop)
     await local.state.shopfront.db.aclose()
+    assert at_kill == CRASH_POINTS[phase]
     assert [a.status_code for a in answers] == [201, 201], answers[0].text
     assert answers[0].json() == answers[1].json()
     assert sim.by_iccid == {body["iccid"]: 1}

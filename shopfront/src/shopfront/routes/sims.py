@@ -14,6 +14,14 @@ the last completed phase:
 * ``record`` inserts the activation row and ``capture`` spends the hold, each
   committed with its recovery point.
 
+Crash points (``SIM_CRASH_AFTER``, tests only) are named after what has
+completed when the worker dies: a phase name kills from `run_phases`'
+``on_recorded`` hook, right after that phase's recovery point (or, for
+``capture``, the final result) is committed and before the next phase does
+anything; ``provider_answered`` kills inside ``activate``, after the provider
+activated the SIM and before that is recorded (the window the provider's
+idempotency key covers).
+
 The provider refusing the SIM (a final 4xx) is not a crash: the run goes on,
 releases the hold instead of capturing it (the seed's cleanup on failure),
 and stores the refusal, so retries get the same 422 and nothing is charged.
@@ -87,7 +95,7 @@ class SimAlreadyActive(Conflict):
 
 
 def _crash_point(state: AppState, after: str) -> None:
-    """Test-only fault injection (settings refuse it outside ENVIRONMENT=test)."""
+    """SIGKILL if ``SIM_CRASH_AFTER`` names this point (settings allow it in tests only)."""
     if state.settings.sim_crash_after == after:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -108,18 +116,16 @@ def _phases(t: TenantRequest, body: ActivationIn, record: str) -> list[Any]:
         return {**s, "wallet": str(wallet), "reservation": str(hold.id), "price": price}
 
     async def activate(s: PhaseState) -> PhaseState:
-        _crash_point(state, "reserve")
         try:
             done = await state.sim.activate(
                 iccid=s["iccid"], plan=s["plan"], idempotency_key=f"{record}:activate"
             )
         except SimRefused:
             return {**s, "refused": True}
-        _crash_point(state, "provider")  # answered, but its recovery point not yet written
+        _crash_point(state, "provider_answered")  # activated, its recovery point not written
         return {**s, "provider_ref": done.provider_ref}
 
     async def record_activation(session: AsyncSession, s: PhaseState) -> PhaseState:
-        _crash_point(state, "activate")
         if s.get("refused"):
             return s
         row = SimActivation(
@@ -135,7 +141,6 @@ def _phases(t: TenantRequest, body: ActivationIn, record: str) -> list[Any]:
         return {**s, "activation": str(row.id), "created_at": row.created_at.isoformat()}
 
     async def capture(session: AsyncSession, s: PhaseState) -> PhaseState:
-        _crash_point(state, "record")
         hold, wallet = uuid.UUID(s["reservation"]), uuid.UUID(s["wallet"])
         if s.get("refused"):  # cleanup on failure: nothing is charged
             await ledger.release(session, hold, f"{record}:release", account=wallet)
@@ -177,8 +182,9 @@ async def activate_sim(body: ActivationIn, t: Tenancy, key: Key) -> JSONResponse
         lease=state.settings.idempotency_lease,
         retention=float(state.settings.idempotency_retention),
         sessions=lambda: tenant_session(state.db.sessions, t.tenant_id),
+        # Fires once a phase's result is durable, before the next one starts.
+        on_recorded=lambda phase: _crash_point(state, phase),
     )
-    _crash_point(state, "capture")
     if final.get("refused"):
         refused = SimRefused("The SIM provider refused this activation; nothing was charged.")
         raise refused
