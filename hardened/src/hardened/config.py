@@ -34,10 +34,13 @@ import types
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
 from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "MIN_SECRET_BYTES",
@@ -255,9 +258,13 @@ class Check:
     detail: str = ""
 
 
-def readiness(settings: HardenedSettings) -> tuple[bool, str]:
-    """Render the readiness report; the bool says whether every check passed."""
-    checks = settings.deploy_checks()
+def readiness(settings: HardenedSettings, extra: Sequence[Check] = ()) -> tuple[bool, str]:
+    """Render the readiness report; the bool says whether every check passed.
+
+    ``extra`` are checks made elsewhere, typically by connecting to the database
+    and Redis: a configuration that only reads well is not ready to deploy.
+    """
+    checks = [*settings.deploy_checks(), *extra]
     lines = [
         f"[{'ok' if c.ok else 'FAIL'}] {c.name}" + (f": {c.detail}" if c.detail else "")
         for c in checks

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
@@ -52,7 +53,7 @@ from hardened.logging import configure_logging
 from hardened.observability import Health, check
 from hardened.ratelimit import RateLimitMiddleware
 from hardened.stores import FallbackStore, MemoryStore, RedisStore
-from shopfront import __version__
+from shopfront import __version__, testing_probe
 from shopfront.auth import build_auth, revocation_listener, secret_value
 from shopfront.db import Database
 from shopfront.exactly_once import GUARDED_ROUTES, http_config
@@ -61,6 +62,7 @@ from shopfront.identity import CREDENTIAL_COOKIES, authenticator
 from shopfront.limits import build_limits, by_shop
 from shopfront.mailer import OutboxMailer
 from shopfront.models import IDEMPOTENCY, LEDGER
+from shopfront.openapi import install_docs
 from shopfront.permissions import public
 from shopfront.routes import (
     api_keys,
@@ -107,7 +109,14 @@ def _stores(settings: Settings) -> tuple[Store, Store, Any | None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service from settings (read from the environment when not given)."""
     settings = settings or Settings.load()
-    configure_logging(json=settings.json_logs, level="DEBUG" if settings.debug_enabled else "INFO")
+    configure_logging(
+        json=settings.json_logs,
+        level="DEBUG" if settings.debug_enabled else "INFO",
+        app_loggers=("shopfront",),
+    )
+    # configure_logging routes uvicorn's loggers to the root handler; the access log
+    # stays off unless asked for (``serve --access-log`` or ACCESS_LOG=true).
+    logging.getLogger("uvicorn.access").disabled = not settings.access_log
     db = Database(settings)
     store, token_store, redis_client = _stores(settings)
     auth = build_auth(settings, token_store, store, redis_client)
@@ -138,12 +147,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="shopfront",
         version=__version__,
         lifespan=_lifespan(state),
-        docs_url="/docs",
+        docs_url=None,  # shopfront.openapi serves /docs from local files
         redoc_url=None,
     )
     app.state.shopfront = state
     install_problem_handlers(app, debug=settings.debug_enabled, translate=TRANSLATE)
     _add_routes(app)
+    install_docs(app, state)
     _add_middleware(app, state)
     return app
 
@@ -255,3 +265,4 @@ def _add_middleware(app: FastAPI, state: AppState) -> None:
         )
     app.add_middleware(DrainMiddleware, drain=state.drain)
     app.add_middleware(RequestIdMiddleware, trusted_proxies=proxies)
+    testing_probe.install(app, settings)  # outermost; adds nothing unless a test asks

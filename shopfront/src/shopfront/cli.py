@@ -1,4 +1,4 @@
-"""``shopfront`` command line: serve, check, migrate.
+"""``shopfront`` command line: serve, check, migrate, create-shop, top-up.
 
 Configuration errors exit with status 2 and a message naming each bad
 variable (never its value); ``check`` exits 1 when the deploy is not ready.
@@ -20,7 +20,9 @@ supervisor forwards one SIGTERM to each.
 from __future__ import annotations
 
 import argparse
+import getpass
 import math
+import os
 import signal
 import sys
 import time
@@ -31,7 +33,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import multiprocess
 
-from hardened.config import ConfigError, readiness
+from hardened.config import ConfigError, SettingProblem, readiness
 from hardened.http import Drain
 from shopfront.settings import DEV_SECRETS_FILE, Settings
 
@@ -158,6 +160,8 @@ def _run(config: _ServeConfig) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from shopfront.migrate import upgrade  # noqa: PLC0415
 
+    if args.access_log:
+        os.environ["ACCESS_LOG"] = "true"  # read by every worker's create_app
     settings = _load()
     if settings.is_development:
         sys.stderr.write(
@@ -175,7 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         proxy_headers=False,  # client IPs come from TRUSTED_PROXIES, not uvicorn's default trust
         server_header=False,
-        access_log=args.access_log,
+        access_log=settings.access_log,
         log_config=None,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
@@ -183,17 +187,70 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(_args: argparse.Namespace) -> int:
-    ready, report = readiness(_load())
+    from shopfront.provision import live_checks  # noqa: PLC0415
+
+    settings = _load()
+    ready, report = readiness(settings, live_checks(settings))
     sys.stdout.write(report + "\n")
     return 0 if ready else 1
 
 
 def _migrate(args: argparse.Namespace) -> int:
     from shopfront.migrate import upgrade  # noqa: PLC0415
+    from shopfront.provision import provision_login  # noqa: PLC0415
 
     settings = _load()
     upgrade(settings.migrations_url, args.revision, app_role=settings.db_app_role)
     sys.stdout.write(f"database at revision {args.revision}\n")
+    line = provision_login(settings)
+    if line is not None:
+        sys.stdout.write(line + "\n")
+    return 0
+
+
+def _secret_from(env_name: str | None, what: str) -> str:
+    """A password from the environment variable named, else asked for (never an argument)."""
+    if env_name:
+        value = os.environ.get(env_name)
+        if not value:
+            raise ConfigError([SettingProblem(env_name, f"is required (it holds the {what})")])
+        return value
+    return getpass.getpass(f"{what}: ")
+
+
+def _create_shop(args: argparse.Namespace) -> int:
+    from shopfront.admin import AdminError, create_shop  # noqa: PLC0415
+
+    password = _secret_from(args.owner_password_env, "owner password")
+    try:
+        shop = create_shop(
+            _load(),
+            name=args.name,
+            domain=args.domain,
+            owner_email=args.owner_email,
+            owner_password=password,
+            key_role=args.api_key_role,
+        )
+    except AdminError as exc:
+        sys.stderr.write(f"shopfront: {exc}\n")
+        return 1
+    sys.stdout.write(
+        f"shop {shop.domain} ({shop.tenant_id})\n"
+        f"owner {shop.owner_email} ({shop.owner_id}): sign in with POST /auth/login\n"
+        f"api key ({shop.api_key_role}, shown once): {shop.api_key}\n"
+    )
+    return 0
+
+
+def _top_up(args: argparse.Namespace) -> int:
+    from shopfront.admin import AdminError, top_up  # noqa: PLC0415
+
+    try:
+        balance = top_up(_load(), domain=args.domain, amount=args.amount)
+    except AdminError as exc:
+        sys.stderr.write(f"shopfront: {exc}\n")
+        return 1
+    sys.stdout.write(f"{args.domain}: +{args.amount} credits, {balance} available\n")
     return 0
 
 
@@ -211,6 +268,25 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(handler=_migrate)
+    shop = sub.add_parser("create-shop", help="open a shop with its owner and an API key")
+    shop.add_argument("--name", required=True)
+    shop.add_argument("--domain", required=True, help="e.g. acme.myshopify.com")
+    shop.add_argument("--owner-email", required=True)
+    shop.add_argument(
+        "--owner-password-env",
+        metavar="VAR",
+        help="read the owner's password from this environment variable (default: prompt)",
+    )
+    shop.add_argument(
+        "--api-key-role", default="admin", choices=("read_only", "staff", "admin", "owner")
+    )
+    shop.set_defaults(handler=_create_shop)
+    top = sub.add_parser(
+        "top-up", help="development only: grant credits to a shop's wallet (a security event)"
+    )
+    top.add_argument("--domain", required=True)
+    top.add_argument("--amount", type=int, required=True)
+    top.set_defaults(handler=_top_up)
     return parser
 
 

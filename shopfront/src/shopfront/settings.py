@@ -131,11 +131,19 @@ class Settings(HardenedSettings):
     sim_provider_timeout: float = Field(default=5.0, gt=0, le=60)
     sim_activation_price: int = Field(default=500, ge=0)
     """Credits one SIM activation costs."""
+    test_count_in_flight: bool = False
+    """Test-only: each response carries ``X-Test-In-Flight``, the requests the worker had in
+    progress when it came in, so storm tests prove their concurrency server-side."""
+    order_number_space: int | None = Field(default=None, ge=2, le=10**12)
+    """Test-only: order numbers drawn from this many values, so a storm's numbers collide."""
     sim_crash_after: str | None = Field(
-        default=None, pattern=r"^(reserve|provider|activate|record|capture)$"
+        default=None, pattern=r"^(reserve|provider_answered|activate|record|capture)$"
     )
-    """Test-only fault injection: SIGKILL the process right after this phase commits."""
+    """Test-only fault injection: SIGKILL the process right after this phase commits
+    (``provider_answered``: after the provider call, before its recovery point)."""
     auto_migrate: bool | None = None
+    access_log: bool = False
+    """One line per request (uvicorn's access log); ``serve --access-log`` turns it on."""
     log_json: bool | None = None
 
     @field_validator(
@@ -157,6 +165,14 @@ class Settings(HardenedSettings):
         if self.sim_crash_after is not None and self.environment != "test":
             msg = "SIM_CRASH_AFTER is fault injection for tests: set ENVIRONMENT=test"
             raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _test_probes_only_in_tests(self) -> Settings:
+        for name in ("test_count_in_flight", "order_number_space"):
+            if getattr(self, name) not in (None, False) and self.environment != "test":
+                msg = f"{name.upper()} is a test probe: set ENVIRONMENT=test"
+                raise ValueError(msg)
         return self
 
     @property

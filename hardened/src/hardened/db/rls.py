@@ -58,6 +58,7 @@ __all__ = [
     "app_role_statements",
     "drop_rls_statements",
     "install_rls_tenant_setting",
+    "login_role_statements",
     "rls_statements",
 ]
 
@@ -146,6 +147,46 @@ def app_role_statements(role: str, *, schema: str = "public") -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {quoted}",
         f"ALTER DEFAULT PRIVILEGES IN SCHEMA {ns} GRANT USAGE, SELECT ON SEQUENCES TO {quoted}",
     ]
+
+
+_B64 = "[A-Za-z0-9+/=]+"
+_SCRAM_VERIFIER = re.compile(rf"SCRAM-SHA-256\$[0-9]+:{_B64}\${_B64}:{_B64}")
+
+
+def login_role_statements(
+    login: str, *, app_role: str, password_verifier: str | None = None
+) -> list[str]:
+    """Let the service log in as ``login`` with (at most) the app role's rights.
+
+    ``login`` equal to ``app_role`` turns the app role itself into a login role;
+    any other name is created when missing (``NOSUPERUSER NOBYPASSRLS``) and made
+    a member of the app role. ``password_verifier`` is a SCRAM-SHA-256 verifier
+    computed on the client (libpq's ``PQencryptPasswordConn``, psycopg's
+    ``pgconn.encrypt_password``), so the password itself never reaches the server
+    or its statement log. A role that is superuser or has ``BYPASSRLS`` makes the
+    block fail, as in `app_role_statements`.
+    """
+    quoted, app = _ident(login, "role"), _ident(app_role, "role")
+    password = ""
+    if password_verifier is not None:
+        if not _SCRAM_VERIFIER.fullmatch(password_verifier):
+            msg = "password_verifier must be a SCRAM-SHA-256 verifier, never a password"
+            raise ValueError(msg)
+        password = f" PASSWORD '{password_verifier}'"
+    statements = [
+        # Names are validated by _ident and the verifier by its pattern: safe to interpolate.
+        "DO $$ BEGIN "  # noqa: S608
+        f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{login}') THEN "
+        f"CREATE ROLE {quoted} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; "
+        f"ELSIF EXISTS (SELECT FROM pg_roles WHERE rolname = '{login}' "
+        "AND (rolsuper OR rolbypassrls)) THEN "
+        f"RAISE EXCEPTION 'role {login} bypasses row-level security'; "
+        "END IF; END $$",
+        f"ALTER ROLE {quoted} LOGIN{password}",
+    ]
+    if login != app_role:
+        statements.append(f"GRANT {app} TO {quoted}")
+    return statements
 
 
 def _untouched(transaction: SessionTransaction, connection: Connection) -> bool:
