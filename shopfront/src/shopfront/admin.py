@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hardened.config import ConfigError, SettingProblem
 from hardened.db import run_transaction, tenant_session
-from hardened.domains import normalize_tenant_domain
-from hardened.errors import HardenedError
+from hardened.errors import HardenedError, ValidationFailed
 from shopfront.app import create_app
 from shopfront.schemas import Domain, EmailStr, Name, Password
 from shopfront.services import accounts, api_keys
@@ -88,12 +87,12 @@ def create_shop(
         body = _ShopIn(
             name=name, domain=domain, owner_email=owner_email, owner_password=owner_password
         )
-        clean = normalize_tenant_domain(body.domain, settings.tenant_domain_suffixes)
+        clean = accounts.shop_domain(body.domain, settings.tenant_domain_suffixes)
     except ValidationError as exc:
         fields = ", ".join(str(e["loc"][0]) for e in exc.errors())
         raise AdminError(f"invalid {fields}") from None
-    except ValueError as exc:
-        raise AdminError(f"domain {exc}") from None
+    except ValidationFailed as exc:
+        raise AdminError("; ".join(e.msg for e in exc.errors)) from None
 
     async def work(state: AppState) -> NewShop:
         tenant, owner = await accounts.create_shop(

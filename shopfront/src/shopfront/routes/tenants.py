@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from hardened.domains import normalize_tenant_domain
-from hardened.errors import FieldError, NotFound, ValidationFailed
+from hardened.errors import NotFound
 from hardened.fastapi import client_ip
 from shopfront.limits import enforce
 from shopfront.models import Tenant
@@ -56,13 +55,7 @@ async def create_tenant(
     """Open a shop with its first owner (rate-limited per client IP); sign in to use it."""
     limits = state.limits
     await enforce(limits, [(limits.signup_ip, client_ip(request) or "unknown")])
-    try:
-        domain = normalize_tenant_domain(body.domain, state.settings.tenant_domain_suffixes)
-    except ValueError as exc:
-        raise ValidationFailed(
-            "The shop domain is not acceptable.",
-            errors=[FieldError(("body", "domain"), f"domain {exc}", "value_error.domain")],
-        ) from None
+    domain = accounts.shop_domain(body.domain, state.settings.tenant_domain_suffixes)
     tenant, owner = await accounts.create_shop(
         state.auth,
         state.db.sessions,

@@ -27,11 +27,14 @@ from sqlalchemy import select, update
 
 from hardened.db.integrity import integrity_errors
 from hardened.db.tenancy import tenant_session
-from hardened.errors import Conflict, NotFound, Unauthorized
+from hardened.domains import normalize_tenant_domain
+from hardened.errors import Conflict, FieldError, NotFound, Unauthorized, ValidationFailed
 from shopfront.auth import revoke_sessions, store_call
 from shopfront.models import Base, PasswordReset, Tenant, User
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shopfront.auth import Auth
@@ -45,6 +48,7 @@ __all__ = [
     "login",
     "refresh",
     "request_reset",
+    "shop_domain",
     "shop_id",
 ]
 
@@ -79,6 +83,17 @@ async def _issue(
         subject=user_id, tenant=tenant_id, session_id=issued.family_id, extra={"role": role}
     )
     return Tokens(access, issued.token, auth.access_ttl, user_id, issued.family_id)
+
+
+def shop_domain(domain: str, suffixes: Sequence[str]) -> str:
+    """The normalised domain of a new shop, or a 422 naming the ``domain`` field."""
+    try:
+        return normalize_tenant_domain(domain, suffixes)
+    except ValueError as exc:
+        raise ValidationFailed(
+            "The shop domain is not acceptable.",
+            errors=[FieldError(("body", "domain"), f"domain {exc}", "value_error.domain")],
+        ) from None
 
 
 async def create_shop(
