@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
@@ -113,10 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         json=settings.json_logs,
         level="DEBUG" if settings.debug_enabled else "INFO",
         app_loggers=("shopfront",),
+        # uvicorn's access lines are INFO: off unless asked for (``serve --access-log``).
+        levels=None if settings.access_log else {"uvicorn.access": "WARNING"},
     )
-    # configure_logging routes uvicorn's loggers to the root handler; the access log
-    # stays off unless asked for (``serve --access-log`` or ACCESS_LOG=true).
-    logging.getLogger("uvicorn.access").disabled = not settings.access_log
     db = Database(settings)
     store, token_store, redis_client = _stores(settings)
     auth = build_auth(settings, token_store, store, redis_client)
