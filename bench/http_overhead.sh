@@ -5,7 +5,7 @@
 # Run: bash bench/http_overhead.sh    (about 2 min; needs wrk and Redis at BENCH_REDIS_URL,
 # default redis://127.0.0.1:6379/14). The last line printed is one JSON line.
 #
-# Method (shared BENCHMARKING notes): one uvicorn worker (uvloop, httptools, --no-access-log),
+# Method (the one every HTTP bench here uses): one uvicorn worker (uvloop, httptools, --no-access-log),
 # a fresh server per run, a 2 s wrk warm-up, then `wrk -t1 -c32 -d10s` with a small JSON body;
 # the scenarios alternate (order rotated) over 3 rounds and each reports its median round.
 # Ratios are to bare in the same run (absolute numbers drift 10-30 % between runs):

@@ -40,7 +40,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hardened.ratelimit._core import Policy, RateLimiter
+from hardened.ratelimit import Policy, RateLimiter
 from hardened.stores import MemoryStore, RedisStore
 
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")

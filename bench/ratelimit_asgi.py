@@ -52,7 +52,7 @@ from hardened.ratelimit import RateLimiter, RateLimitMiddleware
 from hardened.stores import MemoryStore, RedisStore
 
 if TYPE_CHECKING:
-    from hardened._types import Receive, Scope, Send
+    from hardened.types import Receive, Scope, Send
 from http_apps import hardened_app, hardened_rule, make_bare  # bench/ is sys.path[0]
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")

@@ -19,6 +19,10 @@ TEST_FILES = sorted(
     [*ROOT.glob("hardened/tests/**/test_*.py"), *ROOT.glob("shopfront/tests/**/test_*.py")]
 )
 SOURCE_FILES = sorted([*LIBRARY.rglob("*.py"), *(ROOT / "shopfront" / "src").rglob("*.py")])
+# Everything but the library's own white-box tests, which may reach into what they test.
+IMPORTING_FILES = sorted(
+    [*SOURCE_FILES, *(ROOT / "bench").rglob("*.py"), *(ROOT / "shopfront" / "tests").rglob("*.py")]
+)
 # Error codes: ``area.snake_case``, lower case, at least one dot, no hyphens.
 ERROR_CODE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 CODE_LITERAL = re.compile(r"""\bcode\s*(?::\s*[\w\[\]]+\s*)?=\s*(["'])(.*?)\1""")
@@ -81,6 +85,57 @@ def test_no_forbidden_imports(path: Path) -> None:
         assert "BaseHTTPMiddleware" not in names
 
 
+def _module_name(path: Path) -> str | None:
+    """The dotted name of a file under a ``src`` folder; None for scripts and tests."""
+    for src in (LIBRARY.parent, ROOT / "shopfront" / "src"):
+        if src in path.parents:
+            return ".".join(path.relative_to(src).with_suffix("").parts)
+    return None
+
+
+def private_imports(source: str, module: str | None) -> list[str]:
+    """Imports in ``source`` (the text of ``module``) of another package's private module.
+
+    A private module ``a.b._m`` belongs to package ``a.b``: only modules inside
+    ``a.b`` may import it. Anything else must use a public name.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            targets = [node.module]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            private = next((i for i, p in enumerate(parts) if p.startswith("_")), None)
+            if private is None or parts[private].startswith("__"):
+                continue
+            owner = ".".join(parts[:private]) + "."
+            if module is None or not (module + ".").startswith(owner):
+                found.append(target)
+    return found
+
+
+def test_the_private_import_rule_refuses_a_sibling_and_allows_the_owner() -> None:
+    """A private module is refused to siblings, shopfront and scripts, allowed to its package."""
+    planted = "from hardened.stores._contracts import Script\n"
+    assert private_imports(planted, "hardened.ratelimit._core") == ["hardened.stores._contracts"]
+    assert private_imports(planted, "shopfront.app") == ["hardened.stores._contracts"]
+    assert private_imports(planted, None) == ["hardened.stores._contracts"]
+    assert private_imports("import hardened.http._csrf\n", "hardened.idempotency") != []
+    assert private_imports(planted, "hardened.stores.redis") == []
+    assert private_imports("from hardened._context import x\n", "hardened.http._csrf") == []
+    assert private_imports("from hardened.stores import Script\n", "shopfront.app") == []
+
+
+@pytest.mark.parametrize("path", IMPORTING_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_imports_another_packages_private_module(path: Path) -> None:
+    """Library packages, shopfront and the benchmarks use only public names of other packages."""
+    assert private_imports(path.read_text(), _module_name(path)) == []
+
+
 def _subclasses(cls: type[HardenedError]) -> list[type[HardenedError]]:
     found: list[type[HardenedError]] = []
     for sub in cls.__subclasses__():
@@ -99,6 +154,35 @@ def test_every_library_error_class_has_an_area_snake_case_code() -> None:
         f"{c.__module__}.{c.__qualname__}": c.code for c in ours if not ERROR_CODE.fullmatch(c.code)
     }
     assert not bad, f"error codes not in area.snake_case: {bad}"
+
+
+def _library_errors() -> list[type[HardenedError]]:
+    for module in pkgutil.walk_packages(hardened.__path__, "hardened."):
+        importlib.import_module(module.name)
+    return [c for c in _subclasses(HardenedError) if c.__module__.startswith("hardened.")]
+
+
+def test_error_classes_live_in_errors_modules() -> None:
+    """The base tree is in hardened.errors and each package's refusals in its own _errors module."""
+    misplaced = [
+        f"{c.__module__}.{c.__qualname__}"
+        for c in _library_errors()
+        if c.__module__ != "hardened.errors" and not c.__module__.endswith("._errors")
+    ]
+    assert not misplaced, f"error classes outside an _errors module: {misplaced}"
+
+
+def test_the_error_tree_in_the_errors_docstring_is_complete() -> None:
+    """Every public error class appears in hardened.errors' tree with its status and code."""
+    import hardened.errors
+
+    tree = hardened.errors.__doc__ or ""
+    missing = [
+        f"{c.__name__} ({c.status} {c.code})"
+        for c in [HardenedError, *_library_errors()]
+        if not c.__name__.startswith("_") and f"{c.__name__} ({c.status} {c.code})" not in tree
+    ]
+    assert not missing, f"not drawn in the hardened.errors tree: {missing}"
 
 
 def test_every_code_literal_in_the_sources_is_area_snake_case() -> None:

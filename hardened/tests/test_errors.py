@@ -1,4 +1,9 @@
+"""The error tree's rendering as problem+json, and the one Retry-After rounding."""
+
 import json
+import math
+
+import pytest
 
 from hardened.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -6,10 +11,15 @@ from hardened.errors import (
     FieldError,
     HardenedError,
     RateLimited,
+    ServiceUnavailable,
     StoreUnavailable,
     ValidationFailed,
     problem_for,
+    retry_after_seconds,
 )
+from hardened.http import Overloaded
+from hardened.idempotency import IdempotencyInFlight
+from hardened.ratelimit import QuotaExceeded
 
 
 def test_problem_has_rfc9457_members_and_code() -> None:
@@ -55,6 +65,31 @@ def test_retry_after_header_and_content_type() -> None:
     assert headers[b"retry-after"] == b"7"
     assert headers[b"content-type"] == PROBLEM_CONTENT_TYPE.encode()
     assert headers[b"x-request-id"] == b"r"
+
+
+@pytest.mark.parametrize(
+    ("delay", "header"),
+    [
+        (0, "1"),
+        (0.2, "1"),
+        (1, "1"),
+        (7.2, "8"),
+        (-3, "1"),
+        (math.nan, "1"),
+        (math.inf, "999999999999999"),
+    ],
+)
+def test_every_retryable_refusal_rounds_retry_after_one_way(delay: float, header: str) -> None:
+    """Retry-After is the delay rounded up, at least 1, for every refusal that carries one."""
+    assert str(retry_after_seconds(delay)) == header
+    for refusal in (
+        RateLimited(retry_after=delay),
+        ServiceUnavailable(retry_after=delay),
+        Overloaded(retry_after=delay),
+        QuotaExceeded(violated_policy="p", retry_after=delay),
+        IdempotencyInFlight(retry_after=delay),
+    ):
+        assert refusal.headers["retry-after"] == header, type(refusal).__name__
 
 
 def test_validation_errors_are_listed_without_input() -> None:

@@ -22,7 +22,7 @@ from hardened.testing import serve_app as serve
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 MIB = 1024 * 1024
 CHUNK = 64 * 1024

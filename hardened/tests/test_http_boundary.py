@@ -33,7 +33,7 @@ from hardened.testing import serve_app as serve
 if TYPE_CHECKING:
     from collections.abc import Callable, MutableMapping, Sequence
 
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 

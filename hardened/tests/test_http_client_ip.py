@@ -12,7 +12,7 @@ from hardened.http._client_ip import ClientIPMiddleware
 from hardened.http._proxy import TrustedProxies
 
 if TYPE_CHECKING:
-    from hardened._types import Message, Receive, Scope, Send
+    from hardened.types import Message, Receive, Scope, Send
 
 PROXIES = TrustedProxies.from_strings(["10.0.0.0/8"])
 

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from hardened.http._cors import CORSMiddleware, CORSPolicy
 
 if TYPE_CHECKING:
-    from hardened._types import Receive, Scope, Send
+    from hardened.types import Receive, Scope, Send
 
 SHOP = "https://a-shop.myshopify.com"
 POLICY = CORSPolicy(

@@ -21,7 +21,7 @@ from hardened.http._csrf import (
 from hardened.http._request_id import RequestIdMiddleware
 
 if TYPE_CHECKING:
-    from hardened._types import Receive, Scope, Send
+    from hardened.types import Receive, Scope, Send
 
 SECRET = b"k" * 16 + b"e" * 16 + b"y" * 8
 POLICY = CSRFPolicy(secret=SECRET, exempt_paths=("/webhooks",))

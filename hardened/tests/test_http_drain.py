@@ -13,7 +13,7 @@ from hardened.http import Drain, DrainMiddleware
 from hardened.testing import serve_app as serve
 
 if TYPE_CHECKING:
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 

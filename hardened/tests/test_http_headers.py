@@ -16,7 +16,7 @@ from hardened.http._headers import (
 )
 
 if TYPE_CHECKING:
-    from hardened._types import Receive, Scope, Send
+    from hardened.types import Receive, Scope, Send
 
 
 async def fetch(

@@ -12,7 +12,7 @@ from hardened.http._hosts import TrustedHostMiddleware, TrustedHosts, host_name
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from hardened._types import Message, Receive, Scope, Send
+    from hardened.types import Message, Receive, Scope, Send
 
 ALLOWED = ("api.example.com", "*.shops.example.com", "localhost", "[::1]")
 

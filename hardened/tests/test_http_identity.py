@@ -12,7 +12,7 @@ from hardened.http import ANONYMOUS, Credentials, Identity, IdentityMiddleware, 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from hardened._types import Message, Receive, Scope, Send
+    from hardened.types import Message, Receive, Scope, Send
 
 COOKIES = ("session", "access")
 

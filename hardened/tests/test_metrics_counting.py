@@ -7,7 +7,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from hardened.observability._metrics import counter, fast_counter
+from hardened.observability.metrics import counter, fast_counter
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:

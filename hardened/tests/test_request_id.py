@@ -21,7 +21,7 @@ from hardened.logging import configure_logging, get_logger
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from hardened._types import Message, Receive, Scope, Send
+    from hardened.types import Message, Receive, Scope, Send
 
 PROXY = TrustedProxies.from_strings(["10.0.0.0/8"])
 GENERATED = re.compile(r"[0-9a-f]{32}")

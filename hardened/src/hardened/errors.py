@@ -7,32 +7,66 @@ one dot, no hyphens), so clients can match codes without normalising them::
 
     HardenedError (500 internal.error)
     ├── BadRequest (400 request.invalid)
-    │   └── MissingHeader (400 request.missing_header)
+    │   ├── MissingHeader (400 request.missing_header)
+    │   │   └── IdempotencyKeyMissing (400 idempotency.key_missing)      idempotency
+    │   └── IdempotencyKeyInvalid (400 idempotency.key_invalid)          idempotency
     ├── Unauthorized (401 auth.unauthorized)
+    │   ├── InvalidRefreshToken (401 auth.invalid_refresh)               auth
+    │   └── TokenReused (401 auth.token_reused)                          auth
     ├── Forbidden (403 auth.forbidden)
     │   └── CsrfFailed (403 csrf.failed)
     ├── NotFound (404 resource.not_found)
+    │   ├── AccountNotFound (404 ledger.account_not_found)               ledger
+    │   ├── OperationNotFound (404 ledger.operation_not_found)           ledger
+    │   └── ReservationNotFound (404 ledger.reservation_not_found)       ledger
     ├── Conflict (409 resource.conflict)
     │   ├── ConcurrentModification (409 conflict.concurrent_modification)
-    │   └── IdempotencyConflict (409 idempotency.in_flight)
+    │   ├── IdempotencyConflict (409 idempotency.in_flight)
+    │   │   └── IdempotencyInFlight (409 idempotency.in_flight)          idempotency
+    │   ├── InsufficientCredits (409 ledger.insufficient_credits)        ledger
+    │   ├── LeaseLost (409 idempotency.lease_lost)                       idempotency
+    │   ├── RefundExceedsCapture (409 ledger.refund_exceeds_capture)     ledger
+    │   └── ReservationNotHeld (409 ledger.reservation_not_held)         ledger
+    │       └── ReservationExpired (409 ledger.reservation_expired)      ledger
+    ├── IdempotencyResponseNotKept (410 idempotency.response_not_kept)   idempotency
     ├── PayloadTooLarge (413 request.too_large)
     ├── UnsupportedMediaType (415 request.unsupported_media_type)
     ├── ValidationFailed (422 request.validation_failed)
+    │   ├── CostExceedsLimit (422 ratelimit.cost_exceeds_limit)          ratelimit
+    │   ├── IdempotencyKeyReused (422 idempotency.key_reused)            idempotency
+    │   ├── KeyReused (422 ledger.key_reused)                            ledger
+    │   ├── PasswordTooLong (422 auth.password_too_long)                 auth
+    │   └── PasswordTooShort (422 auth.password_too_short)               auth
     ├── RateLimited (429 ratelimit.exceeded)
+    │   └── QuotaExceeded (429 ratelimit.quota_exceeded)                 ratelimit
+    ├── CrossTenantWrite (500 tenant.cross_tenant_write)                 db
+    ├── IdempotencyUnguarded (500 idempotency.unguarded)                 idempotency
+    ├── TenantContextMissing (500 tenant.context_missing)                db
+    ├── UnscopedBulkWrite (500 tenant.unscoped_bulk_write)               db
+    ├── UnscopedRawSQL (500 tenant.raw_sql)                              db
     └── ServiceUnavailable (503 service.unavailable)
+        ├── DependencyUnavailable (503 dependency.unavailable)
+        │   ├── StoreUnavailable (503 store.unavailable)
+        │   └── DatabaseUnavailable (503 db.unavailable)                 db
+        │       ├── ConnectionLost (503 db.connection_lost)              db
+        │       ├── DatabaseLocked (503 db.locked)                       db
+        │       ├── PoolExhausted (503 db.pool_exhausted)                db
+        │       └── StatementTimeout (503 db.statement_timeout)          db
         ├── MaintenanceMode (503 service.maintenance)
-        └── DependencyUnavailable (503 dependency.unavailable)
-            └── StoreUnavailable (503 store.unavailable)
+        └── Overloaded (503 service.overloaded)                          http
 
-Components subclass these with codes of their own, keeping the status, e.g.
-``idempotency.key_missing`` (400), ``idempotency.key_reused`` (422),
-``idempotency.lease_lost`` (409), ``idempotency.response_not_kept`` (410),
-``ledger.insufficient_credits`` (409), ``ledger.key_reused`` (422),
-``ratelimit.quota_exceeded`` (429), ``ratelimit.cost_exceeds_limit`` (422),
-``auth.ambiguous_credentials`` (401), ``db.conflict`` (409), ``db.unavailable``,
-``db.pool_exhausted``, ``db.connection_lost``, ``db.statement_timeout``,
-``db.locked`` and ``service.overloaded`` (503); each component's package
-docstring lists its own.
+The classes without a package name are here, in ``hardened.errors``; the
+others are each package's own refusals, kept in its ``_errors`` module and
+exported by the package (``hardened.idempotency.LeaseLost``). A refusal a
+component adds goes into that tree, here too: a convention test checks that
+every class is drawn with its status and code. The 500s are programming
+errors (a tenant-scoped statement without a tenant), never client input.
+``code`` may be refined per raise (``code="order.version_conflict"``), keeping
+the class's status.
+
+Retryable refusals (`RateLimited`, `ServiceUnavailable` and below) take
+``retry_after`` in seconds and send ``Retry-After`` by `retry_after_seconds`,
+the one rounding: up, at least 1.
 
 ``context`` is for logs only (it is redacted there) and never rendered:
 internals must not leak through an error body. ``detail`` is rendered, so it
@@ -43,6 +77,7 @@ the correlation id, and only development mode adds the exception text.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -73,10 +108,25 @@ __all__ = [
     "UnsupportedMediaType",
     "ValidationFailed",
     "problem_for",
+    "retry_after_seconds",
 ]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:hardened:problem:"
+# The largest integer an RFC 9651 structured field carries: "never" on the wire.
+_NEVER_SECONDS = 999_999_999_999_999
+
+
+def retry_after_seconds(delay: float) -> int:
+    """``Retry-After`` for a wait of ``delay`` seconds: rounded up, at least 1.
+
+    The one rounding every refusal uses. Never 0 (a client told "retry now"
+    retries in a loop) and never shorter than the real wait; an infinite delay
+    is the largest structured-field integer (it never clears), NaN is 1.
+    """
+    if math.isnan(delay):
+        return 1
+    return max(1, math.ceil(min(delay, _NEVER_SECONDS)))
 
 
 class HardenedError(Exception):
@@ -202,20 +252,23 @@ class ValidationFailed(HardenedError):
 
 
 class _RetryAfterMixin(HardenedError):
+    """A refusal the client may retry later: ``retry_after`` seconds become ``Retry-After``."""
+
     def __init__(
         self,
         detail: str | None = None,
         *,
-        retry_after: int | None = None,
+        retry_after: float | None = None,
         code: str | None = None,
         context: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         merged = dict(headers or {})
-        if retry_after is not None:
-            merged["retry-after"] = str(max(0, int(retry_after)))
+        seconds = None if retry_after is None else retry_after_seconds(retry_after)
+        if seconds is not None:
+            merged["retry-after"] = str(seconds)
         super().__init__(detail, code=code, context=context, headers=merged)
-        self.retry_after = retry_after
+        self.retry_after: int | None = seconds
 
 
 class RateLimited(_RetryAfterMixin):

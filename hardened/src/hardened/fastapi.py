@@ -24,9 +24,15 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+
+from hardened._extras import missing_extra
+
+try:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.responses import Response
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.fastapi", "fastapi") from exc
 
 from hardened._context import get_client_ip, get_correlation_id
 from hardened.errors import (
@@ -36,7 +42,7 @@ from hardened.errors import (
     ValidationFailed,
     problem_for,
 )
-from hardened.http._boundary import log_exception, translate_exception
+from hardened.http import log_exception, translate_exception
 from hardened.logging import Sampler
 
 if TYPE_CHECKING:
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI, Request
 
-    from hardened.http._boundary import Translator
+    from hardened.http import Translator
 
 __all__ = [
     "client_ip",

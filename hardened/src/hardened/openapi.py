@@ -45,12 +45,17 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi import routing
-from fastapi.openapi.docs import get_swagger_ui_html
+from hardened._extras import missing_extra
+
+try:
+    from fastapi import routing
+    from fastapi.openapi.docs import get_swagger_ui_html
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.openapi", "fastapi") from exc
 
 from hardened.auth.permissions import Requirement, requirement_of
 from hardened.errors import PROBLEM_CONTENT_TYPE
-from hardened.http._headers import swagger_ui_csp
+from hardened.http import swagger_ui_csp
 from hardened.idempotency import (
     MAX_KEY_LENGTH,
     HttpIdempotencyConfig,

@@ -1,5 +1,14 @@
-"""ASGI type aliases for code built on hardened (the guards themselves need no framework)."""
+"""ASGI type aliases for code built on hardened: the guards themselves need no framework."""
 
-from hardened._types import ASGIApp, Message, Receive, Scope, Send
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 __all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]

@@ -92,12 +92,17 @@ async def test_run_transaction_retries_a_real_serialization_failure(pg_engine: A
     async with sessions.begin() as s:
         s.add_all([Doctor(id=1, on_call=True), Doctor(id=2, on_call=True)])
     read = {1: asyncio.Event(), 2: asyncio.Event()}
+    done = {1: asyncio.Event(), 2: asyncio.Event()}
     attempts = {1: 0, 2: 0}
     before = _metric("db_transaction_retries_total", reason="serialization")
 
     async def go_off_call(me: int, other: int) -> int:
         async def fn(s: AsyncSession) -> int:
             attempts[me] += 1
+            if attempts[me] > 1:
+                # A retry overlapping the winner's commit would be aborted again on a busy
+                # machine; the retry's claim is that it sees the committed truth.
+                await done[other].wait()
             on_call = await s.scalar(select(func.count()).where(Doctor.on_call))
             read[me].set()
             await read[other].wait()
@@ -105,7 +110,12 @@ async def test_run_transaction_retries_a_real_serialization_failure(pg_engine: A
                 await s.execute(update(Doctor).where(Doctor.id == me).values(on_call=False))
             return on_call or 0
 
-        return await run_transaction(sessions, fn, isolation_level="SERIALIZABLE", base_delay=0.001)
+        try:
+            return await run_transaction(
+                sessions, fn, isolation_level="SERIALIZABLE", base_delay=0.001
+            )
+        finally:
+            done[me].set()
 
     await asyncio.gather(go_off_call(1, 2), go_off_call(2, 1))
     assert sorted(attempts.values()) == [1, 2]

@@ -20,8 +20,8 @@ from hardened.http._request_id import RequestIdMiddleware
 from hardened.logging import Sampler
 from hardened.ratelimit import _http as ratelimit_http
 from hardened.ratelimit._core import Decision, Policy, PolicyResult, RateLimiter
+from hardened.ratelimit._errors import CostExceedsLimit
 from hardened.ratelimit._http import (
-    CostExceedsLimit,
     RateLimitMiddleware,
     Rule,
     by_header,
@@ -40,7 +40,7 @@ from hardened.stores.memory import MemoryStore
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from hardened._types import Receive, Scope, Send
+    from hardened.types import Receive, Scope, Send
 
 
 @dataclass

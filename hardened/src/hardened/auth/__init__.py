@@ -1,17 +1,21 @@
 """Authentication and authorization: passwords, tokens, refresh families, roles, WebSockets.
 
-Needs the ``auth`` extra (and ``redis`` for the Redis-backed pieces).
+Passwords and access tokens need the ``auth`` extra: their names are imported
+on first use, so roles, permissions and the refresh/WebSocket pieces work
+without it (``redis`` is needed only for the Redis-backed buses).
 `RevocationEvent` is what the refresh store reports (a family revoked, and
 why); `SocketRevocation` is what the socket bus carries to every worker (close
 this user's sockets, or one session's).
 """
 
-from hardened.auth.passwords import (
-    PasswordHasher,
-    PasswordPolicy,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from hardened.auth._errors import (
+    InvalidRefreshToken,
     PasswordTooLong,
     PasswordTooShort,
-    Verification,
+    TokenReused,
 )
 from hardened.auth.permissions import (
     Requirement,
@@ -23,19 +27,11 @@ from hardened.auth.permissions import (
 )
 from hardened.auth.refresh import (
     FamilyInfo,
-    InvalidRefreshToken,
     Issued,
     RefreshConfig,
     RefreshTokens,
     RevocationEvent,
     Rotated,
-    TokenReused,
-)
-from hardened.auth.tokens import (
-    AccessClaims,
-    AccessTokenConfig,
-    AccessTokens,
-    revoked_error,
 )
 from hardened.auth.websockets import (
     BEARER_SUBPROTOCOL,
@@ -52,6 +48,10 @@ from hardened.auth.websockets import (
     websocket_credentials,
     websocket_ticket,
 )
+
+if TYPE_CHECKING:
+    from hardened.auth.passwords import PasswordHasher, PasswordPolicy, Verification
+    from hardened.auth.tokens import AccessClaims, AccessTokenConfig, AccessTokens, revoked_error
 
 __all__ = [
     "BEARER_SUBPROTOCOL",
@@ -91,3 +91,21 @@ __all__ = [
     "websocket_credentials",
     "websocket_ticket",
 ]
+
+_NEEDS_THE_EXTRA = {
+    "PasswordHasher": "passwords",
+    "PasswordPolicy": "passwords",
+    "Verification": "passwords",
+    "AccessClaims": "tokens",
+    "AccessTokenConfig": "tokens",
+    "AccessTokens": "tokens",
+    "revoked_error": "tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _NEEDS_THE_EXTRA.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # Without the auth extra this raises the missing-extra ImportError naming it.
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -52,13 +52,19 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
-import argon2
-import bcrypt
-import structlog
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from hardened._extras import missing_extra
 
+try:
+    import argon2
+    import bcrypt
+    import structlog
+    from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.auth.passwords", "auth") from exc
+
+from hardened.auth._errors import PASSWORD_FIELD, PasswordTooLong, PasswordTooShort
 from hardened.errors import FieldError, ValidationFailed
-from hardened.observability._metrics import counter, gauge
+from hardened.observability.metrics import counter, gauge
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -79,7 +85,6 @@ BCRYPT_MIN_ROUNDS = 12
 BCRYPT_MAX_ROUNDS = 16
 BCRYPT_MAX_BYTES = 72
 _BCRYPT_HASH = re.compile(r"\$(2[aby])\$([0-9]{2})\$[./A-Za-z0-9]{53}")
-_FIELD = ("body", "password")
 
 _VERIFICATIONS = counter(
     "auth_password_verifications_total",
@@ -138,32 +143,6 @@ class PasswordPolicy:
         if self.hash_len < 16 or self.salt_len < 16:
             msg = "argon2 hash_len and salt_len must be at least 16 bytes"
             raise ValueError(msg)
-
-
-class PasswordTooLong(ValidationFailed):
-    code = "auth.password_too_long"
-    title = "Password too long"
-
-    def __init__(self, max_bytes: int) -> None:
-        msg = f"The password must be at most {max_bytes} bytes when encoded as UTF-8."
-        super().__init__(
-            msg,
-            errors=[FieldError(_FIELD, msg, "password_too_long")],
-            context={"max_bytes": max_bytes},
-        )
-
-
-class PasswordTooShort(ValidationFailed):
-    code = "auth.password_too_short"
-    title = "Password too short"
-
-    def __init__(self, min_length: int) -> None:
-        msg = f"The password must be at least {min_length} characters long."
-        super().__init__(
-            msg,
-            errors=[FieldError(_FIELD, msg, "password_too_short")],
-            context={"min_length": min_length},
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +280,7 @@ class PasswordHasher:
             raise ValidationFailed(
                 msg,
                 code="auth.password_invalid",
-                errors=[FieldError(_FIELD, msg, "password_invalid")],
+                errors=[FieldError(PASSWORD_FIELD, msg, "password_invalid")],
             )
         if len(encoded) > self.policy.max_bytes:
             raise PasswordTooLong(self.policy.max_bytes)

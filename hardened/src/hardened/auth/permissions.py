@@ -2,8 +2,8 @@
 
 Tenant isolation decides whose rows a caller can reach; this decides what the
 caller may do there. Without it every signed-in member of a shop has every
-right in it (issue found by attack: a fresh sign-up created a 100 %-off
-coupon). So each route states what it needs, next to its definition, as a
+right in it (an attack found exactly that: a fresh sign-up created a
+100 %-off coupon). So each route states what it needs, next to its definition, as a
 FastAPI dependency, and `hardened.testing.assert_authorization` walks every
 route with every role and fails on a route that states nothing:
 
@@ -38,13 +38,13 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from hardened.errors import Forbidden, Unauthorized
-from hardened.http._identity import Identity, identity_of
-from hardened.observability._metrics import counter
+from hardened.http import Identity, identity_of
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-    from hardened._types import Scope
+    from hardened.types import Scope
 
 __all__ = [
     "Requirement",

@@ -57,15 +57,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from hardened.errors import Unauthorized
-from hardened.observability._metrics import counter
-from hardened.stores._contracts import Script, tagged, ttl_ms
+from hardened.auth._errors import InvalidRefreshToken, TokenReused
+from hardened.observability.metrics import counter
+from hardened.stores import Script, tagged, ttl_ms
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from hardened.stores._contracts import AtomicScripts, MemoryTwin
-    from hardened.stores._state import MemoryState
+    from hardened.stores import AtomicScripts, MemoryState, MemoryTwin
 
 __all__ = [
     "FamilyInfo",
@@ -84,16 +83,6 @@ _FAMILY = re.compile(r"[A-Za-z0-9_-]{22}")  # 16 random bytes, base64url
 _TOKEN = re.compile(r"([!-~]{1,128})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})")
 _META_LIMIT = 2048
 _ROTATED, _GRACE, _REUSED, _DEAD = 1, 2, 3, 4
-
-
-class InvalidRefreshToken(Unauthorized):
-    code = "auth.invalid_refresh"
-    title = "Invalid refresh token"
-
-
-class TokenReused(Unauthorized):
-    code = "auth.token_reused"
-    title = "Refresh token reuse detected; the session was revoked"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,16 +30,21 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from jwt.algorithms import get_default_algorithms
-from jwt.utils import is_pem_format, is_ssh_key
+from hardened._extras import missing_extra
+
+try:
+    import jwt
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from jwt.algorithms import get_default_algorithms
+    from jwt.utils import is_pem_format, is_ssh_key
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.auth.tokens", "auth") from exc
 
 from hardened.config import secret_problem
 from hardened.errors import Unauthorized
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -13,8 +13,8 @@ cookies: browsers attach them to cross-site handshakes (cross-site WebSocket hij
 `SocketRegistry` tracks several sockets per (user, session) in this process; a `RevocationBus`
 carries revocations to every worker (`MemoryRevocationBus`, `RedisRevocationBus` over pub/sub,
 which is at-most-once: bound socket lifetimes by the access token's expiry as the backstop).
-`MessageRateLimit` is a per-socket in-process GCRA; the distributed limiter arrives with the
-rate-limit issue.
+`MessageRateLimit` is a per-socket in-process GCRA (a socket lives in one process); limits
+shared across workers are `hardened.ratelimit.Throttle`.
 """
 
 from __future__ import annotations
@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 import structlog
 
 from hardened.errors import StoreUnavailable
-from hardened.observability._metrics import counter
-from hardened.stores._contracts import tagged, ttl_ms
+from hardened.observability.metrics import counter
+from hardened.stores import tagged, ttl_ms
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from redis.asyncio import Redis
 
-    from hardened._types import Scope, Send
-    from hardened.stores._contracts import KeyValue
+    from hardened.stores import KeyValue
+    from hardened.types import Scope, Send
 
 __all__ = [
     "BEARER_SUBPROTOCOL",

@@ -1,4 +1,4 @@
-"""Cryptographic helpers; field encryption arrives with the KYC issue."""
+"""Cryptographic helpers: key derivation (HKDF) for per-purpose keys from one secret."""
 
 from hardened.crypto._kdf import derive_key
 

@@ -8,8 +8,13 @@ input, so purposes stay separate without more variables to configure.
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hardened._extras import missing_extra
+
+try:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.crypto", "auth") from exc
 
 __all__ = ["derive_key"]
 

@@ -21,6 +21,13 @@ replaced transparently (`hardened.db.rls`); `run_transaction` also re-runs a
 transaction whose connection was lost before COMMIT.
 """
 
+from hardened._extras import missing_extra
+
+try:
+    import sqlalchemy  # noqa: F401 - the one guard for every module below
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.db", "postgres", "sqlite") from exc
+
 from hardened.db._errors import (
     ConnectionLost,
     DatabaseLocked,

@@ -46,10 +46,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectionLost",
+    "CrossTenantWrite",
     "DatabaseLocked",
     "DatabaseUnavailable",
     "PoolExhausted",
     "StatementTimeout",
+    "TenantContextMissing",
+    "UnscopedBulkWrite",
+    "UnscopedRawSQL",
     "sqlite_locked",
     "sqlstate",
     "unavailable_error",
@@ -216,3 +220,23 @@ def unavailable_error(
         retry_after=_RETRY_AFTER.get(reason, 1),
         context={**fields, **(context or {})},
     )
+
+
+class TenantContextMissing(HardenedError):
+    code = "tenant.context_missing"
+    title = "Tenant context missing"
+
+
+class CrossTenantWrite(HardenedError):
+    code = "tenant.cross_tenant_write"
+    title = "Write across tenants refused"
+
+
+class UnscopedBulkWrite(HardenedError):
+    code = "tenant.unscoped_bulk_write"
+    title = "Bulk write without tenant predicate refused"
+
+
+class UnscopedRawSQL(HardenedError):
+    code = "tenant.raw_sql"
+    title = "Raw SQL in a tenant session refused"

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from hardened.db._constraints import _violates
 from hardened.db.transaction import require_immediate_transactions
 from hardened.errors import Conflict
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

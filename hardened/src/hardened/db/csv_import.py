@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar, Union, get_a
 from pydantic import AliasChoices, BaseModel, ValidationError
 
 from hardened.errors import FieldError, PayloadTooLarge, ValidationFailed
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo

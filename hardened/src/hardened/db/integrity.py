@@ -38,7 +38,7 @@ from hardened.db._constraints import constraint_name, integrity_errors
 from hardened.db._counters import conditional_increment, upsert_increment
 from hardened.db._numbers import CROCKFORD32, human_number, insert_with_unique_number
 from hardened.errors import ConcurrentModification, NotFound
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

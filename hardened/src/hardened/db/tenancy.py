@@ -58,8 +58,13 @@ from sqlalchemy.sql.elements import (
 )
 from sqlalchemy.sql.selectable import TableClause
 
+from hardened.db._errors import (
+    CrossTenantWrite,
+    TenantContextMissing,
+    UnscopedBulkWrite,
+    UnscopedRawSQL,
+)
 from hardened.db.rls import TENANT_INFO_KEY, install_rls_tenant_setting
-from hardened.errors import HardenedError
 from hardened.observability import counter
 
 if TYPE_CHECKING:
@@ -68,6 +73,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Select
     from sqlalchemy.orm import ORMExecuteState, UOWTransaction
     from sqlalchemy.orm.state import InstanceState
+
+    from hardened.errors import HardenedError
 
 __all__ = [
     "CrossTenantWrite",
@@ -91,26 +98,6 @@ _log = structlog.get_logger("hardened.db")
 _REFUSED = counter("tenancy_refusals_total", "Statements or flushes refused by tenancy", ["code"])
 
 tenant_id_var: ContextVar[uuid.UUID | None] = ContextVar("hardened_tenant_id", default=None)
-
-
-class TenantContextMissing(HardenedError):
-    code = "tenant.context_missing"
-    title = "Tenant context missing"
-
-
-class CrossTenantWrite(HardenedError):
-    code = "tenant.cross_tenant_write"
-    title = "Write across tenants refused"
-
-
-class UnscopedBulkWrite(HardenedError):
-    code = "tenant.unscoped_bulk_write"
-    title = "Bulk write without tenant predicate refused"
-
-
-class UnscopedRawSQL(HardenedError):
-    code = "tenant.raw_sql"
-    title = "Raw SQL in a tenant session refused"
 
 
 def _refuse(exc: type[HardenedError], detail: str, **context: Any) -> HardenedError:

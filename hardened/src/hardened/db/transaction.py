@@ -60,7 +60,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from hardened.db._errors import sqlite_locked, sqlstate, unavailable_error, unavailable_reason
 from hardened.errors import Conflict
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

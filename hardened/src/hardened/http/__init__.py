@@ -7,7 +7,12 @@ from hardened.http._body import (
     ContentTypeMiddleware,
     ContentTypePolicy,
 )
-from hardened.http._boundary import ErrorBoundaryMiddleware, Translator, translate_exception
+from hardened.http._boundary import (
+    ErrorBoundaryMiddleware,
+    Translator,
+    log_exception,
+    translate_exception,
+)
 from hardened.http._client_ip import ClientIPMiddleware
 from hardened.http._cors import CORSMiddleware, CORSPolicy
 from hardened.http._csrf import (
@@ -18,6 +23,7 @@ from hardened.http._csrf import (
     verify_csrf_token,
 )
 from hardened.http._drain import Drain, DrainMiddleware
+from hardened.http._errors import Overloaded
 from hardened.http._head import HeadMiddleware
 from hardened.http._headers import (
     API_CSP,
@@ -25,8 +31,9 @@ from hardened.http._headers import (
     SWAGGER_UI_CSP,
     SecurityHeaders,
     SecurityHeadersMiddleware,
+    swagger_ui_csp,
 )
-from hardened.http._hosts import TrustedHostMiddleware, TrustedHosts
+from hardened.http._hosts import TrustedHostMiddleware, TrustedHosts, host_name
 from hardened.http._identity import (
     ANONYMOUS,
     Authenticate,
@@ -35,11 +42,11 @@ from hardened.http._identity import (
     IdentityMiddleware,
     identity_of,
 )
-from hardened.http._paths import PathPattern
+from hardened.http._paths import PathMap, PathPattern
 from hardened.http._problem import send_problem
 from hardened.http._proxy import TrustedProxies
 from hardened.http._request_id import RequestIdMiddleware
-from hardened.http._shed import DEFAULT_SHED_EXEMPT, LoadShedMiddleware, Overloaded
+from hardened.http._shed import DEFAULT_SHED_EXEMPT, LoadShedMiddleware
 
 __all__ = [
     "ANONYMOUS",
@@ -67,6 +74,7 @@ __all__ = [
     "IdentityMiddleware",
     "LoadShedMiddleware",
     "Overloaded",
+    "PathMap",
     "PathPattern",
     "RequestIdMiddleware",
     "SecurityHeaders",
@@ -75,10 +83,13 @@ __all__ = [
     "TrustedHostMiddleware",
     "TrustedHosts",
     "TrustedProxies",
+    "host_name",
     "identity_of",
     "issue_csrf_token",
+    "log_exception",
     "send_problem",
     "set_csrf_cookie_header",
+    "swagger_ui_csp",
     "translate_exception",
     "verify_csrf_token",
 ]

@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeVar
 
-from hardened.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from hardened._asgi import header_values
+from hardened.errors import BadRequest, UnsupportedMediaType
+from hardened.http._errors import _BodyLimitExceeded
+from hardened.http._paths import PathMap
 from hardened.http._problem import send_problem
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping
 
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -54,34 +56,10 @@ _MEDIA_RANGE = re.compile(rf"{_TCHARS}/(?:\*|{_TCHARS})|\*/\*", re.ASCII)  # wha
 _V = TypeVar("_V")
 
 
-def _freeze_overrides(overrides: Mapping[str, _V], what: str) -> Mapping[str, _V]:
-    for prefix in overrides:
-        if not prefix.startswith("/"):
-            msg = f"{what} prefix {prefix!r} must start with '/'"
-            raise ValueError(msg)
-    return MappingProxyType(dict(overrides))
-
-
-def _for_path(path: str, overrides: Mapping[str, _V], default: _V) -> _V:
-    """The value of the longest prefix (on segment boundaries) covering ``path``."""
-    best: str | None = None
-    for prefix in overrides:
-        base = prefix.rstrip("/")
-        if (not base or path == base or path.startswith(base + "/")) and (
-            best is None or len(prefix) > len(best)
-        ):
-            best = prefix
-    return default if best is None else overrides[best]
-
-
-def _header_values(scope: Scope, name: bytes) -> list[bytes]:
-    return [bytes(value) for key, value in scope.get("headers", ()) if key == name]
-
-
 def _declared_length(scope: Scope) -> int | None:
     """The request's ``Content-Length``, or ``None``; `BadRequest` when malformed."""
     values = [
-        part.strip() for raw in _header_values(scope, b"content-length") for part in raw.split(b",")
+        part.strip() for raw in header_values(scope, b"content-length") for part in raw.split(b",")
     ]
     if not values:
         return None
@@ -97,31 +75,28 @@ def _declared_length(scope: Scope) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class BodyLimits:
-    """Maximum request body size in bytes, with per-path-prefix overrides.
+    """Maximum request body size in bytes, with per-path overrides.
 
-    ``path_overrides`` maps a prefix (whole segments, longest wins) to its own
-    limit, e.g. ``{"/imports": 20 * 1024 * 1024}``.
+    ``path_overrides`` maps a `PathPattern` spec (most specific wins, see
+    `PathMap`) to its own limit, e.g. ``{"/imports": 20 * 1024 * 1024}``.
     """
 
     max_bytes: int = DEFAULT_MAX_BODY_BYTES
     path_overrides: Mapping[str, int] = field(default_factory=dict, hash=False)
+    _paths: PathMap[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for limit in (self.max_bytes, *self.path_overrides.values()):
             if limit < 0:
                 msg = f"body limits must be >= 0, got {limit}"
                 raise ValueError(msg)
-        object.__setattr__(
-            self, "path_overrides", _freeze_overrides(self.path_overrides, "path_overrides")
-        )
+        paths = PathMap(self.path_overrides, what="path_overrides")
+        object.__setattr__(self, "path_overrides", paths)
+        object.__setattr__(self, "_paths", paths)
 
     def limit_for(self, path: str) -> int:
         """The limit that applies to ``path``."""
-        return _for_path(path, self.path_overrides, self.max_bytes)
-
-
-class _BodyLimitExceeded(PayloadTooLarge):
-    """Raised from the wrapped ``receive``; only `BodyLimitMiddleware` catches it by type."""
+        return self._paths.lookup(path, self.max_bytes)
 
 
 class BodyLimitMiddleware:
@@ -219,7 +194,7 @@ def _accepts(allowed: frozenset[str], media_type: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ContentTypePolicy:
-    """Media types accepted for request bodies on ``methods``, per path prefix.
+    """Media types accepted for request bodies on ``methods``, per path (`PathMap` specs).
 
     An override replaces (does not extend) ``allowed`` for its subtree, e.g.
     ``{"/imports": {"text/csv", "multipart/form-data"}}``. Entries may be
@@ -229,6 +204,7 @@ class ContentTypePolicy:
     allowed: Collection[str] = frozenset({"application/json"})
     path_overrides: Mapping[str, Collection[str]] = field(default_factory=dict, hash=False)
     methods: Collection[str] = frozenset({"POST", "PUT", "PATCH"})
+    _paths: PathMap[frozenset[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed", _normalise_types(self.allowed, "allowed"))
@@ -236,18 +212,20 @@ class ContentTypePolicy:
             prefix: _normalise_types(types, f"path_overrides[{prefix!r}]")
             for prefix, types in self.path_overrides.items()
         }
-        object.__setattr__(self, "path_overrides", _freeze_overrides(overrides, "path_overrides"))
+        paths = PathMap(overrides, what="path_overrides")
+        object.__setattr__(self, "path_overrides", paths)
+        object.__setattr__(self, "_paths", paths)
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
 
     def allowed_for(self, path: str) -> frozenset[str]:
         """The media types accepted under ``path``."""
-        return frozenset(_for_path(path, self.path_overrides, self.allowed))
+        return frozenset(self._paths.lookup(path, self.allowed))
 
 
 def _has_body(scope: Scope) -> bool:
-    if _header_values(scope, b"transfer-encoding"):
+    if header_values(scope, b"transfer-encoding"):
         return True  # chunked: assume a body rather than read it to find out
-    lengths = _header_values(scope, b"content-length")
+    lengths = header_values(scope, b"content-length")
     return any(part.strip().lstrip(b"0") for raw in lengths for part in raw.split(b","))
 
 
@@ -264,7 +242,7 @@ class ContentTypeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in self.policy.methods and _has_body(scope):
             allowed = self.policy.allowed_for(scope.get("path", ""))
-            values = _header_values(scope, b"content-type")
+            values = header_values(scope, b"content-type")
             media_type = (
                 values[0].decode("latin-1").split(";", 1)[0].strip().lower() if values else ""
             )

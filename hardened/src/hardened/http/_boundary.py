@@ -47,7 +47,7 @@ from hardened.logging import Sampler
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ErrorBoundaryMiddleware", "Translator", "log_exception", "translate_exception"]
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 from hardened._context import client_ip_var
 
 if TYPE_CHECKING:
-    from hardened._types import ASGIApp, Receive, Scope, Send
     from hardened.http._proxy import TrustedProxies
+    from hardened.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["ClientIPMiddleware"]
 

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from hardened._asgi import first_header
 from hardened.errors import Forbidden
 from hardened.http._problem import send_problem
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CORSMiddleware", "CORSPolicy"]
 
@@ -133,13 +134,6 @@ class CORSPolicy:
         return normalised in self._exact or any(p.fullmatch(normalised) for p in self._patterns)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def _with_vary(headers: list[tuple[bytes, bytes]], *tokens: str) -> list[tuple[bytes, bytes]]:
     """Merge ``tokens`` into a single ``Vary`` header, keeping what the app set."""
     current = [
@@ -180,9 +174,12 @@ class CORSMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        origin = _header(scope, b"origin")
-        is_preflight = scope["method"] == "OPTIONS" and origin is not None
-        is_preflight = is_preflight and _header(scope, b"access-control-request-method") is not None
+        origin = first_header(scope, b"origin")
+        is_preflight = (
+            scope["method"] == "OPTIONS"
+            and origin is not None
+            and first_header(scope, b"access-control-request-method") is not None
+        )
         allowed = origin is not None and self.policy.allows(origin)
         if origin is not None and not allowed:
             self._record_block(scope, origin, "preflight" if is_preflight else "simple")
@@ -232,8 +229,8 @@ class CORSMiddleware:
             await send_problem(scope, send, refusal, debug=self.debug)
             return
         policy = self.policy
-        requested_method = _header(scope, b"access-control-request-method") or ""
-        requested_headers = _header(scope, b"access-control-request-headers")
+        requested_method = first_header(scope, b"access-control-request-method") or ""
+        requested_headers = first_header(scope, b"access-control-request-headers")
         vary = ["Origin"]
         headers = [(b"access-control-allow-origin", self._allow_origin(origin))]
         methods = (

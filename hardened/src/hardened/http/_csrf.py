@@ -16,7 +16,7 @@ so nothing here has to. Also passing:
 
 * safe methods (``GET``, ``HEAD``, ``OPTIONS``, ``TRACE``): they must not
   change state;
-* paths under ``exempt_paths`` (whole-segment prefixes: ``/webhooks`` covers
+* paths covered by ``exempt_paths`` (`PathPattern` specs: ``/webhooks`` covers
   ``/webhooks/x`` but not ``/webhooksx``): they authenticate otherwise, e.g.
   by a webhook signature;
 * requests authenticated by ``Authorization: Bearer`` (browsers never attach
@@ -52,13 +52,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from hardened._asgi import cookie_values, header_strings
 from hardened.errors import CsrfFailed
 from hardened.http._identity import identity_of
+from hardened.http._paths import PathMap
 from hardened.http._problem import send_problem
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
-    from hardened._types import ASGIApp, Receive, Scope, Send
+    from hardened.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "CSRFMiddleware",
@@ -91,6 +93,7 @@ class CSRFPolicy:
     exempt_paths: tuple[str, ...] = ()
     cookie_secure: bool = True
     cookie_samesite: str = "lax"
+    _exempt: PathMap[bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) < _MIN_SECRET_BYTES:
@@ -106,17 +109,18 @@ class CSRFPolicy:
             raise ValueError("cookie_samesite must be 'lax', 'strict' or 'none'")
         if samesite == "none" and not self.cookie_secure:
             raise ValueError("SameSite=None cookies must be Secure (browsers drop them otherwise)")
-        prefixes = tuple(p.rstrip("/") for p in self.exempt_paths)
-        if any(not p.startswith("/") for p in prefixes):
-            raise ValueError("exempt_paths are absolute path prefixes other than '/'")
+        exempt = PathMap(dict.fromkeys(self.exempt_paths, True), what="exempt_paths")
+        if exempt.covers("/") and exempt.covers("/any/path"):
+            raise ValueError("exempt_paths must not cover every path")
         object.__setattr__(self, "header", header)
         object.__setattr__(self, "cookie_samesite", samesite)
         object.__setattr__(self, "safe_methods", frozenset(m.upper() for m in self.safe_methods))
-        object.__setattr__(self, "exempt_paths", prefixes)
+        object.__setattr__(self, "exempt_paths", tuple(self.exempt_paths))
+        object.__setattr__(self, "_exempt", exempt)
 
     def is_exempt(self, path: str) -> bool:
-        """Whether ``path`` equals an exempt prefix or lies below one (whole segments)."""
-        return any(path == p or path.startswith(p + "/") for p in self.exempt_paths)
+        """Whether an ``exempt_paths`` spec (`PathPattern` syntax) covers ``path``."""
+        return self._exempt.covers(path)
 
 
 def _sign(policy: CSRFPolicy, session_id: str, nonce: str) -> str:
@@ -154,23 +158,6 @@ def set_csrf_cookie_header(policy: CSRFPolicy, token: str) -> tuple[bytes, bytes
     return b"set-cookie", "; ".join(parts).encode("ascii")
 
 
-def _csrf_cookies(scope: Scope, name: str) -> list[str]:
-    """Every value of the CSRF cookie (a tossed copy may sit beside ours)."""
-    found: list[str] = []
-    for key, value in scope.get("headers", ()):
-        if key != b"cookie":
-            continue
-        for pair in bytes(value).decode("latin-1").split(";"):
-            cookie, sep, raw = pair.strip().partition("=")
-            if sep and cookie == name:
-                found.append(raw.strip())
-    return found
-
-
-def _headers(scope: Scope, name: bytes) -> list[str]:
-    return [bytes(v).decode("latin-1") for k, v in scope.get("headers", ()) if k == name]
-
-
 class CSRFMiddleware:
     """Refuse unsafe cookie-authenticated requests without a valid CSRF token."""
 
@@ -206,10 +193,10 @@ class CSRFMiddleware:
 
     def _token_refusal(self, scope: Scope, session: str | None) -> str | None:
         policy = self.policy
-        headers = _headers(scope, self._header)
+        headers = header_strings(scope, self._header)
         if not headers or not headers[0].strip():
             return "missing_header"
-        csrf_cookies = _csrf_cookies(scope, policy.csrf_cookie)
+        csrf_cookies = cookie_values(scope, policy.csrf_cookie)
         if not csrf_cookies:
             return "missing_cookie"
         if len(headers) > 1 or session is None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from hardened._asgi import without_header
+
 if TYPE_CHECKING:
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Drain", "DrainMiddleware"]
 
@@ -73,9 +75,8 @@ class DrainMiddleware:
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start" and drain.draining:
-                raw = message.get("headers") or ()
-                message["headers"] = [(k, v) for k, v in raw if k.lower() != b"connection"]
-                message["headers"].append(_CLOSE)
+                kept = without_header(message.get("headers") or (), b"connection")
+                message["headers"] = [*kept, _CLOSE]
             await send(message)
 
         await self.app(scope, receive, send_closing)

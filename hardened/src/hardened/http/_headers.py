@@ -20,13 +20,14 @@ over plain HTTP, so sending it there does no harm.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from hardened.http._paths import PathMap
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "API_CSP",
@@ -103,9 +104,9 @@ class HSTS:
 class SecurityHeaders:
     """Which security headers to add; ``None`` leaves a header out.
 
-    ``csp_overrides`` maps a path prefix (matched on whole segments, longest
-    first) to the CSP for that subtree, or to ``None`` to send none there, e.g.
-    ``{"/docs": SWAGGER_UI_CSP}``.
+    ``csp_overrides`` maps a `PathPattern` spec (most specific wins, see
+    `PathMap`) to the CSP for the paths it covers, or to ``None`` to send none
+    there, e.g. ``{"/docs": SWAGGER_UI_CSP}``.
     """
 
     hsts: HSTS | None = None
@@ -116,6 +117,7 @@ class SecurityHeaders:
     content_security_policy: str | None = API_CSP
     csp_overrides: Mapping[str, str | None] = field(default_factory=dict, hash=False)
     permissions_policy: str | None = None
+    _csp_paths: PathMap[str | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_value("frame_options", self.frame_options)
@@ -123,13 +125,12 @@ class SecurityHeaders:
         _check_value("cross_origin_opener_policy", self.cross_origin_opener_policy)
         _check_value("content_security_policy", self.content_security_policy)
         _check_value("permissions_policy", self.permissions_policy)
-        for prefix, csp in self.csp_overrides.items():
-            if not prefix.startswith("/"):
-                msg = f"csp_overrides prefix {prefix!r} must start with '/'"
-                raise ValueError(msg)
-            _check_value(f"csp_overrides[{prefix!r}]", csp)
-        # Freeze a private copy so the caller cannot change a "frozen" config later.
-        object.__setattr__(self, "csp_overrides", MappingProxyType(dict(self.csp_overrides)))
+        # A private read-only copy, so the caller cannot change a "frozen" config later.
+        paths = PathMap(self.csp_overrides, what="csp_overrides")
+        for spec, csp in paths.items():
+            _check_value(f"csp_overrides[{spec!r}]", csp)
+        object.__setattr__(self, "csp_overrides", paths)
+        object.__setattr__(self, "_csp_paths", paths)
 
     def base_headers(self) -> list[tuple[bytes, bytes]]:
         """Every configured header except CSP, which depends on the path."""
@@ -144,18 +145,8 @@ class SecurityHeaders:
         return [(name.encode(), value.encode()) for name, value in pairs if value is not None]
 
     def csp_for(self, path: str) -> str | None:
-        """The CSP for ``path``: the longest matching override, else the default."""
-        best: str | None = None
-        for prefix in self.csp_overrides:
-            if _under(path, prefix) and (best is None or len(prefix) > len(best)):
-                best = prefix
-        return self.content_security_policy if best is None else self.csp_overrides[best]
-
-
-def _under(path: str, prefix: str) -> bool:
-    """Whether ``path`` is ``prefix`` or below it, on segment boundaries."""
-    base = prefix.rstrip("/")
-    return not base or path == base or path.startswith(base + "/")
+        """The CSP for ``path``: the most specific override covering it, else the default."""
+        return self._csp_paths.lookup(path, self.content_security_policy)
 
 
 class SecurityHeadersMiddleware:

@@ -17,13 +17,14 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hardened._asgi import header_values
 from hardened.errors import BadRequest
 from hardened.http._problem import send_problem
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from hardened._types import ASGIApp, Receive, Scope, Send
+    from hardened.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["TrustedHostMiddleware", "TrustedHosts", "host_name"]
 
@@ -119,7 +120,7 @@ class TrustedHostMiddleware:
         if scope["type"] not in ("http", "websocket") or self.trusted_hosts.allow_any:
             await self.app(scope, receive, send)
             return
-        values = [bytes(v) for k, v in scope.get("headers", ()) if k == b"host"]
+        values = header_values(scope, b"host")
         if len(values) == 1 and self.trusted_hosts.allows(values[0].decode("latin-1")):
             await self.app(scope, receive, send)
             return

@@ -39,12 +39,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from hardened._asgi import header_values
 from hardened.errors import HardenedError, Unauthorized
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from hardened._types import ASGIApp, Receive, Scope, Send
+    from hardened.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "ANONYMOUS",
@@ -126,13 +127,7 @@ def _ambiguous(via: Via) -> Identity:
 
 def _presented(scope: Scope, cookie_names: frozenset[str]) -> Credentials | Identity | None:
     """The request's credentials; an `Identity` refusal when ambiguous; None when there are none."""
-    authorization: list[bytes] = []
-    cookie_headers: list[bytes] = []
-    for key, value in scope.get("headers", ()):
-        if key == b"authorization":
-            authorization.append(bytes(value))
-        elif key == b"cookie" and cookie_names:
-            cookie_headers.append(bytes(value))
+    authorization = header_values(scope, b"authorization")
     if authorization:
         if len(authorization) > 1:
             return _ambiguous("header")
@@ -140,7 +135,7 @@ def _presented(scope: Scope, cookie_names: frozenset[str]) -> Credentials | Iden
         if scheme.lower() == "bearer" and token.strip():
             return Credentials(bearer=token.strip())
     found: dict[str, str] = {}
-    for header in cookie_headers:
+    for header in header_values(scope, b"cookie") if cookie_names else ():
         for pair in header.decode("latin-1").split(";"):
             name, sep, value = pair.strip().partition("=")
             if not sep or name not in cookie_names or not value.strip():

@@ -1,6 +1,8 @@
-"""Route paths as the rate-limit and idempotency rules write them.
+"""Route paths as every per-route setting writes them.
 
-One syntax for every rule table, so ``/orders`` means the same thing to both:
+One syntax for every rule table (rate-limit rules, idempotent routes, body
+limits, accepted media types, CSP overrides, CSRF and load-shedding
+exemptions), so ``/orders`` means the same thing to all of them:
 
 * ``/orders``: a prefix on whole segments. It matches ``/orders`` and
   ``/orders/7``, never ``/ordersx``. ``/`` matches everything.
@@ -10,14 +12,25 @@ One syntax for every rule table, so ``/orders`` means the same thing to both:
 
 Paths without ``{`` are matched with string operations (they are on every
 request's path); only templated ones compile a regular expression.
+
+Rule lists (rate limits, idempotent routes) apply the rules that match, in
+order. Settings keyed by path (`PathMap`) take the most specific spec
+covering the path: the longest one, so ``/docs/raw`` beats ``/docs`` and
+``/login$`` beats ``/login``; of specs of one length the first declared wins.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeVar, overload
 
-__all__ = ["PathPattern"]
+__all__ = ["PathMap", "PathPattern"]
+
+_V = TypeVar("_V")
+_D = TypeVar("_D")
 
 
 def _compile(body: str, *, exact: bool) -> re.Pattern[str]:
@@ -64,3 +77,53 @@ class PathPattern:
         if self.exact:
             return path == body
         return not body or path == body or path.startswith(body + "/")
+
+
+class PathMap(Mapping[str, _V]):
+    """A read-only ``{spec: value}`` mapping that looks values up by request path.
+
+    The keys are `PathPattern` specs, checked when the map is built (ValueError
+    names ``what``); `lookup` returns the value of the most specific spec
+    covering a path (see the module docstring).
+    """
+
+    __slots__ = ("_entries", "_items")
+
+    def __init__(self, entries: Mapping[str, _V] | None = None, *, what: str = "path") -> None:
+        items = dict(entries or {})
+        patterns = []
+        for spec in items:
+            try:
+                patterns.append(PathPattern(spec))
+            except ValueError as exc:
+                raise ValueError(f"{what}: {exc}") from None
+        patterns.sort(key=lambda p: -len(p.spec))  # stable: equal lengths keep their order
+        self._entries = tuple((p, items[p.spec]) for p in patterns)
+        self._items = MappingProxyType(items)
+
+    @overload
+    def lookup(self, path: str) -> _V | None: ...
+    @overload
+    def lookup(self, path: str, default: _D) -> _V | _D: ...
+    def lookup(self, path: str, default: object = None) -> object:
+        """The value of the most specific spec covering ``path``, else ``default``."""
+        for pattern, value in self._entries:
+            if pattern.matches(path):
+                return value
+        return default
+
+    def covers(self, path: str) -> bool:
+        """Whether any spec covers ``path``."""
+        return any(pattern.matches(path) for pattern, _ in self._entries)
+
+    def __getitem__(self, spec: str) -> _V:
+        return self._items[spec]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"PathMap({dict(self._items)!r})"

@@ -8,7 +8,7 @@ from hardened._context import get_correlation_id
 from hardened.errors import problem_for
 
 if TYPE_CHECKING:
-    from hardened._types import Scope, Send
+    from hardened.types import Scope, Send
 
 __all__ = ["send_problem"]
 

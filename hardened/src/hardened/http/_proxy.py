@@ -12,10 +12,12 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hardened._asgi import header_strings
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from hardened._types import Scope
+    from hardened.types import Scope
 
 __all__ = ["TrustedProxies"]
 
@@ -64,9 +66,8 @@ class TrustedProxies:
         if not self.is_trusted(peer):
             return peer
         chain: list[str] = []
-        for name, value in scope.get("headers", ()):
-            if name == b"x-forwarded-for":
-                chain.extend(part for part in value.decode("latin-1").split(","))
+        for value in header_strings(scope, b"x-forwarded-for"):
+            chain.extend(value.split(","))
         for hop in reversed(chain):
             ip = _parse_ip(hop)
             if ip is None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from hardened._asgi import header_values, with_header
 from hardened.http._proxy import TrustedProxies
 from hardened.logging import correlation_scope, new_correlation_id
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from hardened._types import ASGIApp, Message, Receive, Scope, Send
+    from hardened.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["RequestIdMiddleware", "is_valid_request_id"]
 
@@ -79,7 +78,7 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] in _RESPONSE_START:
-                message["headers"] = _with_header(message.get("headers") or [], echo)
+                message["headers"] = with_header(message.get("headers") or [], *echo)
             await send(message)
 
         with correlation_scope(correlation_id):
@@ -87,9 +86,7 @@ class RequestIdMiddleware:
 
     def _incoming(self, scope: Scope) -> str | None:
         """The id the trusted proxy sent, or ``None`` when there is none to adopt."""
-        values: list[bytes] = [
-            v for k, v in scope.get("headers", ()) if k.lower() == self._header_bytes
-        ]
+        values = header_values(scope, self._header_bytes)
         if not values:
             return None
         if not self.trusted_proxies.peer_is_trusted(scope):
@@ -101,15 +98,3 @@ class RequestIdMiddleware:
             self._rejected.labels(reason="invalid").inc()
             return None
         return value
-
-
-def _with_header(
-    raw: Iterable[tuple[bytes, bytes]], echo: tuple[bytes, bytes]
-) -> list[tuple[bytes, bytes]]:
-    """``raw`` headers carrying exactly one ``echo`` header (any other value replaced)."""
-    headers = list(raw)  # ASGI allows any iterable, a generator included
-    name, value = echo
-    same = [v for k, v in headers if k.lower() == name]
-    if same == [value]:
-        return headers
-    return [(k, v) for k, v in headers if k.lower() != name] + [echo]

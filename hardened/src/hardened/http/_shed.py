@@ -20,29 +20,22 @@ counted; WebSockets and lifespan pass through.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
-from hardened.errors import ServiceUnavailable
+from hardened.errors import retry_after_seconds
+from hardened.http._errors import Overloaded
 from hardened.http._paths import PathPattern
 from hardened.http._problem import send_problem
-from hardened.observability._metrics import counter, gauge
+from hardened.observability.metrics import counter, gauge
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from hardened._types import ASGIApp, Receive, Scope, Send
+    from hardened.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["DEFAULT_SHED_EXEMPT", "LoadShedMiddleware", "Overloaded"]
+__all__ = ["DEFAULT_SHED_EXEMPT", "LoadShedMiddleware"]
 
 DEFAULT_SHED_EXEMPT = ("/health", "/metrics")
-
-
-class Overloaded(ServiceUnavailable):
-    """The worker already has as many requests in flight as it takes (503, retry later)."""
-
-    code = "service.overloaded"
-    title = "Too many requests in progress"
 
 
 class LoadShedMiddleware:
@@ -68,7 +61,7 @@ class LoadShedMiddleware:
             raise ValueError(msg)
         self.app = app
         self.max_in_flight = max_in_flight
-        self.retry_after = max(1, math.ceil(retry_after))
+        self.retry_after = retry_after_seconds(retry_after)
         self.exempt = tuple(PathPattern(p) for p in exempt)
         self.debug = debug
         self._in_flight = 0

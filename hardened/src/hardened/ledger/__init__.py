@@ -21,6 +21,13 @@ Put the tables in the service's own metadata with `ledger_tables`. On SQLite
 the engine needs `hardened.db.sqlite_immediate_transactions`.
 """
 
+from hardened._extras import missing_extra
+
+try:
+    import sqlalchemy  # noqa: F401 - the one guard for every module below
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.ledger", "postgres", "sqlite") from exc
+
 from hardened.ledger._core import DEFAULT_RESERVATION_TTL, Ledger
 from hardened.ledger._errors import (
     AccountNotFound,

@@ -32,8 +32,8 @@ _CLOSING = {
 }
 
 
-def _balances(t: LedgerTables) -> Select[tuple[object, ...]]:
-    a, e = t.accounts, t.entries
+def _balances(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    a, e = tables.accounts, tables.entries
     journal = (
         select(e.c.account_id, func.sum(e.c.amount).label("total"))
         .group_by(e.c.account_id)
@@ -47,14 +47,14 @@ def _balances(t: LedgerTables) -> Select[tuple[object, ...]]:
     )
 
 
-def _unbalanced_operations(t: LedgerTables) -> Select[tuple[object, ...]]:
-    e = t.entries
+def _unbalanced_operations(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    e = tables.entries
     total = func.sum(e.c.amount)
     return select(e.c.operation_id, total).group_by(e.c.operation_id).having(total != 0)
 
 
-def _moved(t: LedgerTables) -> Select[tuple[object, ...]]:
-    o, e = t.operations, t.entries
+def _moved(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    o, e = tables.operations, tables.entries
     legs = (
         select(
             e.c.operation_id,
@@ -77,8 +77,8 @@ def _moved(t: LedgerTables) -> Select[tuple[object, ...]]:
     )
 
 
-def _out_of_bounds(t: LedgerTables) -> Select[tuple[object, ...]]:
-    a = t.accounts
+def _out_of_bounds(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    a = tables.accounts
     return select(a.c.id, a.c.kind, a.c.balance, a.c.reserved).where(
         or_(
             and_(a.c.kind != AccountKind.FUNDING, a.c.balance < 0),
@@ -89,14 +89,14 @@ def _out_of_bounds(t: LedgerTables) -> Select[tuple[object, ...]]:
     )
 
 
-def _books(t: LedgerTables) -> Select[tuple[object, ...]]:
-    a = t.accounts
+def _books(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    a = tables.accounts
     total = func.sum(a.c.balance)
     return select(a.c.owner, a.c.unit, total).group_by(a.c.owner, a.c.unit).having(total != 0)
 
 
-def _cross_book(t: LedgerTables) -> Select[tuple[object, ...]]:
-    a, e = t.accounts, t.entries
+def _cross_book(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    a, e = tables.accounts, tables.entries
     return (
         select(e.c.operation_id)
         .select_from(e.join(a, a.c.id == e.c.account_id))
@@ -105,8 +105,8 @@ def _cross_book(t: LedgerTables) -> Select[tuple[object, ...]]:
     )
 
 
-def _reserved(t: LedgerTables) -> Select[tuple[object, ...]]:
-    a, r = t.accounts, t.reservations
+def _reserved(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    a, r = tables.accounts, tables.reservations
     held = (
         select(r.c.account_id, func.sum(r.c.amount).label("total"))
         .where(r.c.status == ReservationStatus.HELD)
@@ -121,8 +121,8 @@ def _reserved(t: LedgerTables) -> Select[tuple[object, ...]]:
     )
 
 
-def _closings(t: LedgerTables) -> Select[tuple[object, ...]]:
-    r, o = t.reservations, t.operations
+def _closings(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    r, o = tables.reservations, tables.operations
     closers = o.c.kind.in_(tuple(_CLOSING.values()))
     matching = func.sum(
         case(
@@ -148,8 +148,8 @@ def _closings(t: LedgerTables) -> Select[tuple[object, ...]]:
     )
 
 
-def _refunds(t: LedgerTables) -> Select[tuple[object, ...]]:
-    o = t.operations
+def _refunds(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    o = tables.operations
     refunds = (
         select(o.c.refund_of, func.sum(o.c.amount).label("total"))
         .where(o.c.kind == OperationKind.REFUND)
@@ -164,8 +164,8 @@ def _refunds(t: LedgerTables) -> Select[tuple[object, ...]]:
     )
 
 
-def _duplicate_keys(t: LedgerTables) -> Select[tuple[object, ...]]:
-    o = t.operations
+def _duplicate_keys(tables: LedgerTables) -> Select[tuple[object, ...]]:
+    o = tables.operations
     count = func.count()
     return (
         select(o.c.account_id, o.c.idempotency_key, count)

@@ -64,7 +64,7 @@ from hardened.ledger._sql import (
     to_reservation,
 )
 from hardened.ledger._types import Balance, Operation, Reservation
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from hardened.ledger._errors import ReservationNotFound
 from hardened.ledger._schema import OperationKind, ReservationStatus
 from hardened.ledger._sql import fingerprint, lock_wallet
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from hardened.db._constraints import integrity_errors
+from hardened.db.integrity import integrity_errors
 from hardened.db.transaction import require_immediate_transactions
 from hardened.errors import ValidationFailed
 from hardened.ledger._errors import (

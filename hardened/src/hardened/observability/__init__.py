@@ -1,7 +1,7 @@
 """Metrics and health: every refusal is counted, every dependency probed."""
 
 from hardened.observability._health import CheckResult, Health, HealthCheck, Readiness, check
-from hardened.observability._metrics import METRIC_PREFIX, counter, gauge, histogram
+from hardened.observability.metrics import METRIC_PREFIX, counter, gauge, histogram
 
 __all__ = [
     "METRIC_PREFIX",

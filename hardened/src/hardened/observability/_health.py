@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from hardened.http._drain import Drain
+    from hardened.http import Drain
 
 __all__ = ["CheckResult", "Health", "HealthCheck", "Readiness", "check"]
 

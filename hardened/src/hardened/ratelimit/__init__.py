@@ -14,10 +14,9 @@ policy without its store refuses with ``store.unavailable`` (503).
 """
 
 from hardened.ratelimit._core import Algorithm, Decision, Policy, PolicyResult, RateLimiter
+from hardened.ratelimit._errors import CostExceedsLimit, QuotaExceeded
 from hardened.ratelimit._http import (
-    CostExceedsLimit,
     Keyer,
-    QuotaExceeded,
     RateLimitMiddleware,
     Rule,
     by_header,
@@ -29,7 +28,6 @@ from hardened.ratelimit._http import (
     rate_limit,
     ratelimit_header,
     ratelimit_headers,
-    retry_after_seconds,
 )
 from hardened.ratelimit._throttle import Throttle
 
@@ -54,5 +52,4 @@ __all__ = [
     "rate_limit",
     "ratelimit_header",
     "ratelimit_headers",
-    "retry_after_seconds",
 ]

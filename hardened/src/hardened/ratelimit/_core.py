@@ -65,14 +65,13 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Literal
 
 from hardened.errors import StoreUnavailable
-from hardened.observability._metrics import counter, fast_counter
-from hardened.stores._contracts import Script, tagged
+from hardened.observability.metrics import counter, fast_counter
+from hardened.stores import Script, tagged
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from hardened.stores._contracts import AtomicScripts
-    from hardened.stores._state import MemoryState
+    from hardened.stores import AtomicScripts, MemoryState
 
 __all__ = ["CHECK", "Algorithm", "Decision", "Policy", "PolicyResult", "RateLimiter"]
 

@@ -48,27 +48,26 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import structlog
 
+from hardened._asgi import first_header
 from hardened._context import client_ip_var
-from hardened._types import Scope
-from hardened.errors import RateLimited, StoreUnavailable, ValidationFailed
-from hardened.http._paths import PathPattern
-from hardened.http._problem import send_problem
+from hardened.errors import StoreUnavailable, retry_after_seconds
+from hardened.http import PathPattern, send_problem
 from hardened.logging import Sampler
+from hardened.ratelimit._errors import CostExceedsLimit, QuotaExceeded
+from hardened.types import Scope
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Iterable, Sequence
 
-    from hardened._types import ASGIApp, Message, Receive, Send
     from hardened.ratelimit._core import Decision, Policy, PolicyResult, RateLimiter
+    from hardened.types import ASGIApp, Message, Receive, Send
 
 __all__ = [
-    "CostExceedsLimit",
     "Keyer",
-    "QuotaExceeded",
     "RateLimitMiddleware",
     "Rule",
     "by_header",
@@ -80,7 +79,6 @@ __all__ = [
     "rate_limit",
     "ratelimit_header",
     "ratelimit_headers",
-    "retry_after_seconds",
 ]
 
 Keyer: TypeAlias = Callable[[Scope], str | None]
@@ -89,56 +87,6 @@ Keyer: TypeAlias = Callable[[Scope], str | None]
 _MAX_SF_INT = 999_999_999_999_999  # RFC 9651 sf-integer: at most 15 digits
 _STORE_FAILURES = Sampler()  # ratelimit.store_failed: first per policy, then one a second
 _client_ip = client_ip_var.get  # get_client_ip() without its call, for every request
-
-
-class QuotaExceeded(RateLimited):
-    """429 naming the violated policy (never its key); type ``...:ratelimit.quota_exceeded``."""
-
-    code = "ratelimit.quota_exceeded"
-    title = "Quota exceeded"
-
-    def __init__(
-        self,
-        detail: str | None = None,
-        *,
-        violated_policy: str,
-        retry_after: int | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            detail,
-            retry_after=retry_after,
-            context={"policy": violated_policy},
-            headers=headers,
-        )
-        self.violated_policy = violated_policy
-
-    def extensions(self) -> dict[str, Any]:
-        return {"violated_policy": self.violated_policy}
-
-
-class CostExceedsLimit(ValidationFailed):
-    """422: the request costs more than the policy could ever admit; retrying cannot help."""
-
-    code = "ratelimit.cost_exceeds_limit"
-    title = "Cost exceeds the rate limit"
-
-    def __init__(
-        self, detail: str | None = None, *, violated_policy: str, cost: int, max_cost: int
-    ) -> None:
-        super().__init__(
-            detail, context={"policy": violated_policy, "cost": cost, "max_cost": max_cost}
-        )
-        self.violated_policy = violated_policy
-        self.cost = cost
-        self.max_cost = max_cost
-
-    def extensions(self) -> dict[str, Any]:
-        return {
-            "violated_policy": self.violated_policy,
-            "cost": self.cost,
-            "max_cost": self.max_cost,
-        }
 
 
 # -- key functions -------------------------------------------------------------------------
@@ -183,11 +131,8 @@ def by_header(name: str) -> Keyer:
     wanted = name.lower().encode("latin-1")
 
     def keyer(scope: Scope) -> str | None:
-        for key, value in scope.get("headers", ()):
-            if bytes(key).lower() == wanted:
-                text = bytes(value).decode("latin-1").strip()
-                return text or None
-        return None
+        value = first_header(scope, wanted)
+        return (value.strip() or None) if value is not None else None
 
     keyer.__name__ = f"by_header({name!r})"
     return keyer
@@ -263,7 +208,8 @@ def _ratelimit_item(result: PolicyResult, item: _Item | None = None) -> bytes:
     if remaining.__class__ is not int or not 0 <= remaining <= _MAX_SF_INT:
         remaining = _sf_int(remaining)
     # t: the reset time when allowed, the retry-after (>= 1) when refused.
-    seconds = _sf_int(result.reset_after) if result.allowed else max(1, _sf_int(result.retry_after))
+    allowed = result.allowed
+    seconds = _sf_int(result.reset_after) if allowed else retry_after_seconds(result.retry_after)
     prefix = (item or _item(result.policy)).prefix
     return b"%s%d;t=%d" % (prefix, remaining, seconds)
 
@@ -333,11 +279,6 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
         "RateLimit-Policy": pairs[0][1].decode("ascii"),
         "RateLimit": pairs[1][1].decode("ascii"),
     }
-
-
-def retry_after_seconds(decision: Decision) -> int:
-    """``Retry-After`` for a refusal: seconds rounded up, at least 1."""
-    return max(1, _sf_int(decision.retry_after))
 
 
 # -- rules and the middleware --------------------------------------------------------------
@@ -415,7 +356,7 @@ def _refusal(
                 "ratelimit.store_failed", policy=name, path=path, suppressed=suppressed
             )
         return StoreUnavailable(
-            "Rate limiting is temporarily unavailable.", retry_after=retry_after_seconds(decision)
+            "Rate limiting is temporarily unavailable.", retry_after=decision.retry_after
         )
     key = next((k for p, k in hits if p == violated.policy), "")
     structlog.get_logger("hardened.ratelimit").info(
@@ -427,7 +368,7 @@ def _refusal(
     return QuotaExceeded(
         f"Quota {violated.policy.name!r} exceeded; retry later.",
         violated_policy=violated.policy.name,
-        retry_after=retry_after_seconds(decision),
+        retry_after=decision.retry_after,
         headers=ratelimit_headers(decision),
     )
 

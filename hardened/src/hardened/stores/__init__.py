@@ -5,7 +5,7 @@ Components ask for the capability they use (`KeyValue`, `Counters`,
 `MemoryStore` (one process) or a `RedisStore` (shared). Both have the same
 semantics, including every script, whose Lua file has a Python twin run by
 `MemoryStore`. Backend failures surface as `hardened.errors.StoreUnavailable`.
-See ``_contracts`` for the key scheme, TTL and script rules.
+`Store` documents the key scheme, TTL and script rules.
 
 `RedisStore` is imported on first access, so ``hardened.stores`` works
 without the ``redis`` extra installed.
@@ -28,6 +28,7 @@ from hardened.stores._contracts import (
     Store,
     hash_tag,
     tagged,
+    ttl_ms,
 )
 from hardened.stores._scripts import FENCE_RETENTION
 from hardened.stores._state import MemoryState
@@ -56,15 +57,14 @@ __all__ = [
     "Store",
     "hash_tag",
     "tagged",
+    "ttl_ms",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name == "RedisStore":
-        try:
-            from hardened.stores.redis import RedisStore  # noqa: PLC0415 - optional extra
-        except ImportError as exc:
-            msg = "RedisStore needs the redis extra: pip install 'hardened[redis]'"
-            raise ImportError(msg) from exc
+        # Imported on first use: without the redis extra it raises the missing-extra ImportError.
+        from hardened.stores.redis import RedisStore  # noqa: PLC0415
+
         return RedisStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

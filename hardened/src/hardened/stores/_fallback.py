@@ -28,7 +28,7 @@ import structlog
 
 from hardened.errors import StoreUnavailable
 from hardened.logging import Sampler
-from hardened.observability._metrics import counter, gauge
+from hardened.observability.metrics import counter, gauge
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence

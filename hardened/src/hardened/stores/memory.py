@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hardened.errors import StoreUnavailable
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 from hardened.stores._contracts import ScriptArg, encode_args, ttl_ms
 from hardened.stores._scripts import COUNTER_INCR, ScriptLeases
 from hardened.stores._state import MemoryDataError, MemoryState

@@ -72,17 +72,22 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection, Connection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from hardened._extras import missing_extra
+
+try:
+    import redis
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.connection import AbstractConnection, Connection
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.stores.redis", "redis") from exc
 
 from hardened.errors import StoreUnavailable
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 from hardened.stores._contracts import SCRIPT_ERROR_PREFIX, ScriptError, encode_args, ttl_ms
 from hardened.stores._pipeline import Pipeliner, roundtrip
 from hardened.stores._scripts import COUNTER_INCR, ScriptLeases

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from hardened._types import ASGIApp
+    from hardened.types import ASGIApp
 
 __all__ = ["serve_app"]
 
