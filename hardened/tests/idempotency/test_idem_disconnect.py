@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
-    from hardened._types import Message, Receive, Scope, Send
+    from hardened.types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 

@@ -93,10 +93,17 @@ async def test_heartbeat_keeps_a_slow_operation_from_being_duplicated(
     assert runs == 1
 
 
+class _Stalled(StoreBackend):
+    """A holder whose renewals never reach the store (a paused process): its lease lapses."""
+
+    async def heartbeat(self, key: str, token: int, *, lease: float) -> bool:
+        return True
+
+
 async def test_holder_whose_lease_was_taken_over_cannot_publish(redis_store: RedisStore) -> None:
     """A taken-over holder (no heartbeat): its complete and checkpoint raise LeaseLost."""
     backend, key = StoreBackend(redis_store), new_key()
-    stalled = Idempotent(backend, IdempotencyConfig(lease=0.3, heartbeat=60.0))
+    stalled = Idempotent(_Stalled(redis_store), IdempotencyConfig(lease=0.3))
     fresh = Idempotent(backend, IdempotencyConfig(lease=5.0))
     lost_before = sample("hardened_idempotency_lease_lost_total")
     async with stalled.operation(key) as old:

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from conftest import IdemBackend
-    from hardened._types import Receive, Scope, Send
     from hardened.idempotency import IdempotencyBackend
+    from hardened.types import Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 

@@ -3,12 +3,13 @@
 One backend contract (``claim``, ``heartbeat``, ``checkpoint``, ``complete``,
 ``release``) with the same semantics on every backend: `StoreBackend` over
 `MemoryStore` or `RedisStore` (one round trip per claim and per replay).
-`Idempotent` (``operation()`` and the ``@idempotent`` decorator) runs
-internal operations once per key with leases, heartbeats, fencing and
-recovery points. `IdempotencyMiddleware` (pure ASGI) and the
-`idempotency_key` FastAPI dependency are the HTTP front, per the IETF
-Idempotency-Key draft. Keys are scoped and hashed before they reach a store
-or a log line.
+`Idempotent` (``operation()``, giving an `IdempotentRun`, and the
+``@idempotent`` decorator) runs internal operations once per key with leases,
+heartbeats, fencing and recovery points. `IdempotencyMiddleware` (pure ASGI)
+and the `idempotency_key` FastAPI dependency are the HTTP front, per the IETF
+Idempotency-Key draft (the idempotency middleware guide has its semantics).
+Both take their lease settings from `LeaseConfig`. Keys are scoped and hashed
+before they reach a store or a log line.
 
 `SqlBackend` (PostgreSQL, SQLite) adds the transactional mode (the record
 commits with the business effect: ``complete_in``) and `run_phases`
@@ -19,6 +20,11 @@ so this package works without the ``postgres``/``sqlite`` extras.
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from hardened.idempotency._config import (
+    DEFAULT_REPLAY_HEADERS,
+    HttpIdempotencyConfig,
+    IdempotentRoute,
+)
 from hardened.idempotency._contracts import (
     Claim,
     Claimed,
@@ -33,28 +39,16 @@ from hardened.idempotency._errors import (
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     IdempotencyResponseNotKept,
+    IdempotencyUnguarded,
     LeaseLost,
-    retry_after_header,
 )
+from hardened.idempotency._fastapi import IdempotencyKey, idempotency_key
 from hardened.idempotency._guard import (
     IdempotencyConfig,
     Idempotent,
-    Operation,
+    IdempotentRun,
     current_operation,
     idempotent,
-)
-from hardened.idempotency._http import (
-    DEFAULT_REPLAY_HEADERS,
-    HttpIdempotencyConfig,
-    IdempotencyKey,
-    IdempotencyMiddleware,
-    IdempotencyUnguarded,
-    IdempotentRoute,
-    ScopeOf,
-    decode_response,
-    encode_response,
-    idempotency_key,
-    scope_from_credentials,
 )
 from hardened.idempotency._keys import (
     MAX_KEY_LENGTH,
@@ -63,7 +57,11 @@ from hardened.idempotency._keys import (
     scoped_key,
     validate_key,
 )
+from hardened.idempotency._lease import LeaseConfig
+from hardened.idempotency._middleware import IdempotencyMiddleware
+from hardened.idempotency._request import ScopeOf, scope_from_credentials
 from hardened.idempotency._store import StoreBackend
+from hardened.idempotency._wire import decode_response, encode_response
 
 if TYPE_CHECKING:
     from hardened.idempotency._phases import (
@@ -95,11 +93,12 @@ __all__ = [
     "IdempotencyUnguarded",
     "Idempotent",
     "IdempotentRoute",
+    "IdempotentRun",
     "InFlight",
+    "LeaseConfig",
     "LeaseLost",
     "LocalPhase",
     "Mismatch",
-    "Operation",
     "Phase",
     "PhaseState",
     "ScopeOf",
@@ -113,7 +112,6 @@ __all__ = [
     "idempotency_table",
     "idempotent",
     "key_hash_for_logs",
-    "retry_after_header",
     "run_phases",
     "scope_from_credentials",
     "scoped_key",

@@ -7,7 +7,6 @@ alike.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from hardened.errors import (
@@ -17,6 +16,7 @@ from hardened.errors import (
     IdempotencyConflict,
     MissingHeader,
     ValidationFailed,
+    retry_after_seconds,
 )
 
 if TYPE_CHECKING:
@@ -28,16 +28,9 @@ __all__ = [
     "IdempotencyKeyMissing",
     "IdempotencyKeyReused",
     "IdempotencyResponseNotKept",
+    "IdempotencyUnguarded",
     "LeaseLost",
-    "retry_after_header",
 ]
-
-
-def retry_after_header(seconds: float) -> str:
-    """``Retry-After`` in whole seconds, rounded up, at least 1 (never "retry now")."""
-    if not math.isfinite(seconds):
-        return "1"
-    return str(max(1, math.ceil(seconds)))
 
 
 class IdempotencyKeyMissing(MissingHeader):
@@ -73,9 +66,10 @@ class IdempotencyInFlight(IdempotencyConflict):
         context: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        merged = {**(headers or {}), "retry-after": retry_after_header(retry_after)}
+        seconds = retry_after_seconds(retry_after)
+        merged = {**(headers or {}), "retry-after": str(seconds)}
         super().__init__(detail, code=code, context=context, headers=merged)
-        self.retry_after = int(merged["retry-after"])
+        self.retry_after = seconds
 
 
 class LeaseLost(Conflict):
@@ -110,3 +104,10 @@ class IdempotencyResponseNotKept(HardenedError):
 
     def extensions(self) -> dict[str, Any]:
         return {"original_status": self.original_status}
+
+
+class IdempotencyUnguarded(HardenedError):
+    """A route declared ``idempotency_key(guarded=True)`` but no middleware rule covered it."""
+
+    code = "idempotency.unguarded"
+    title = "Idempotency guard missing"

@@ -6,20 +6,20 @@ layer's semantics over any `IdempotencyBackend`::
 
     idem = Idempotent(StoreBackend(store), IdempotencyConfig(lease=30.0))
 
-    async with idem.operation(f"activate:{order_id}", fingerprint) as op:
-        if op.replayed:
-            return decode(op.result)
-        if op.phase is None:
+    async with idem.operation(f"activate:{order_id}", fingerprint) as run:
+        if run.replayed:
+            return decode(run.result)
+        if run.phase is None:
             await provider.activate(...)
-            await op.checkpoint("activated", data)
+            await run.checkpoint("activated", data)
         ...
-        await op.complete(encode(result))
+        await run.complete(encode(result))
 
 * A claimed operation holds a lease renewed by a background heartbeat (every
   ``heartbeat`` seconds, default a third of the lease), so a body slower than
   the lease is not duplicated. A crashed holder's lease lapses and the next
-  claim takes over, resuming from the last checkpoint (``op.phase``,
-  ``op.data``).
+  claim takes over, resuming from the last checkpoint (``run.phase``,
+  ``run.data``).
 * Writes are fenced: once another holder took over, ``checkpoint`` and
   ``complete`` raise `LeaseLost` (a heartbeat that finds the lease gone marks
   the operation, so they raise without asking the store).
@@ -61,8 +61,8 @@ import structlog
 from hardened.idempotency._contracts import Claimed, Completed, InFlight, Mismatch
 from hardened.idempotency._errors import IdempotencyInFlight, IdempotencyKeyReused, LeaseLost
 from hardened.idempotency._keys import key_hash_for_logs, scoped_key
-from hardened.idempotency._lease import DEFAULT_COMPLETE_RETRY_FOR, HeldLease
-from hardened.observability._metrics import counter
+from hardened.idempotency._lease import FIRST_POLL, MAX_POLL, HeldLease, LeaseConfig
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IdempotencyConfig",
     "Idempotent",
-    "Operation",
+    "IdempotentRun",
     "current_operation",
     "idempotent",
 ]
@@ -86,9 +86,7 @@ _OUTCOMES = {
     outcome: _CLAIMS.labels(outcome)  # labels() locks on every call: resolve once
     for outcome in ("claimed", "resumed", "replayed", "in_flight", "mismatch")
 }
-_FIRST_POLL = 0.02
-_MAX_POLL = 0.5
-_CURRENT: contextvars.ContextVar[Operation | None] = contextvars.ContextVar(
+_CURRENT: contextvars.ContextVar[IdempotentRun | None] = contextvars.ContextVar(
     "hardened_idempotency_operation", default=None
 )
 
@@ -97,55 +95,29 @@ def _log() -> Any:
     return structlog.get_logger("hardened.idempotency")  # per event: later configuration applies
 
 
-def _positive(name: str, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
-
-
 @dataclass(frozen=True, slots=True)
-class IdempotencyConfig:
-    """Lease, retention and waiting, in seconds.
+class IdempotencyConfig(LeaseConfig):
+    """`LeaseConfig` (lease, heartbeat, retention, complete retries) plus ``wait``.
 
-    ``lease`` (5 s) is how soon a crashed holder's key can be taken over.
-    ``heartbeat`` defaults to a third of the lease; keep it well under the
-    lease (a beat at or past the lease lets it lapse between beats). A holder
-    whose event loop stalls longer than the lease loses its claim: fencing
-    then refuses its ``complete`` (and its ``complete_in`` transaction rolls
-    back), but an effect outside the database could be done twice, so give
-    operations that call providers a longer lease.
     ``wait`` is how long a caller waits for a live holder's result before
     `IdempotencyInFlight` (0: refuse at once). Internal operations always
-    release on exceptions. ``complete_retry_for`` (300 s) bounds the
-    background retries of a result the backend could not store: long enough
-    for a failover, bounded so an outage does not hold results in memory
-    without end (0: give up at once).
+    release on exceptions; give operations that call providers a longer lease
+    (see `LeaseConfig`).
     """
 
-    lease: float = 5.0
-    retention: float = 86400.0
-    heartbeat: float | None = None
     wait: float = 0.0
-    complete_retry_for: float = DEFAULT_COMPLETE_RETRY_FOR
 
     def __post_init__(self) -> None:
-        _positive("lease", self.lease)
-        _positive("retention", self.retention)
-        if self.heartbeat is not None:
-            _positive("heartbeat", self.heartbeat)
+        LeaseConfig.__post_init__(self)  # zero-argument super() fails in a slots dataclass
         if not (self.wait >= 0 and math.isfinite(self.wait)):
             raise ValueError(f"wait must be >= 0 seconds, got {self.wait!r}")
-        if not (self.complete_retry_for >= 0 and math.isfinite(self.complete_retry_for)):
-            retry_for = self.complete_retry_for
-            raise ValueError(f"complete_retry_for must be >= 0 seconds, got {retry_for!r}")
-
-    @property
-    def heartbeat_interval(self) -> float:
-        """Seconds between lease renewals."""
-        return self.lease / 3 if self.heartbeat is None else self.heartbeat
 
 
-class Operation:
-    """One claimed (or replayed) run of an operation; use as ``async with``."""
+class IdempotentRun:
+    """One run of a keyed operation: claimed (or replayed); use as ``async with``.
+
+    `Idempotent.operation()` makes it; `current_operation` finds it inside.
+    """
 
     __slots__ = (
         "_entered",
@@ -177,7 +149,7 @@ class Operation:
         self.token: int | None = None
         self._entered = self._finished = False
         self._held: HeldLease | None = None
-        self._reset: contextvars.Token[Operation | None] | None = None
+        self._reset: contextvars.Token[IdempotentRun | None] | None = None
 
     @property
     def lease_lost(self) -> bool:
@@ -190,7 +162,7 @@ class Operation:
         config, backend = self._idem.config, self._idem.backend
         loop = asyncio.get_running_loop()
         deadline = loop.time() + config.wait
-        delay = _FIRST_POLL
+        delay = FIRST_POLL
         while True:
             claim = await backend.claim(
                 self._store_key, self.fingerprint, lease=config.lease, retention=config.retention
@@ -200,11 +172,11 @@ class Operation:
                 return claim
             pause = min(delay, left, claim.retry_after) * (0.5 + random.random() / 2)  # noqa: S311
             await asyncio.sleep(max(pause, 0.001))
-            delay = min(delay * 2, _MAX_POLL)
+            delay = min(delay * 2, MAX_POLL)
 
-    async def __aenter__(self) -> Operation:
+    async def __aenter__(self) -> IdempotentRun:
         if self._entered:
-            raise RuntimeError("an Operation can be entered only once")
+            raise RuntimeError("an IdempotentRun can be entered only once")
         self._entered = True
         claim = await self._claim()
         log = _log().bind(key_hash=self._key_hash)
@@ -339,17 +311,17 @@ class Idempotent:
         scope = self._scope
         return scoped_key(tenant=None, principal=None, method="INTERNAL", route=scope, key=key)
 
-    def operation(self, key: str, fingerprint: bytes = b"") -> Operation:
+    def operation(self, key: str, fingerprint: bytes = b"") -> IdempotentRun:
         """An ``async with`` block claiming ``key`` (``fingerprint``: the payload, b"" for none)."""
-        return Operation(self, key, fingerprint)
+        return IdempotentRun(self, key, fingerprint)
 
 
-def current_operation() -> Operation:
+def current_operation() -> IdempotentRun:
     """The innermost operation of this task (lets an ``@idempotent`` function checkpoint)."""
-    op = _CURRENT.get()
-    if op is None:
+    run = _CURRENT.get()
+    if run is None:
         raise LookupError("no idempotent operation is running in this context")
-    return op
+    return run
 
 
 def _encode_json(value: Any) -> bytes:
@@ -383,11 +355,11 @@ def idempotent(
         @functools.wraps(fn)
         async def run_once(*args: P.args, **kwargs: P.kwargs) -> R:
             payload = b"" if fingerprint is None else fingerprint(*args, **kwargs)
-            async with idem.operation(key(*args, **kwargs), payload) as op:
-                if op.replayed:
-                    return cast("R", decode(op.result or b""))
+            async with idem.operation(key(*args, **kwargs), payload) as run:
+                if run.replayed:
+                    return cast("R", decode(run.result or b""))
                 value = await fn(*args, **kwargs)
-                await op.complete(encode(value))
+                await run.complete(encode(value))
                 return value
 
         return run_once

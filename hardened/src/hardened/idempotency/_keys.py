@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import struct
 
 from hardened.idempotency._errors import IdempotencyKeyInvalid
 
@@ -26,15 +27,11 @@ _PRINTABLE = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 _ABSENT = b"\xff" * 8  # a length no real part can have: None differs from ""
 
 
+_LENGTH = struct.Struct(">Q").pack
+
+
 def _framed(parts: tuple[bytes | None, ...]) -> bytes:
-    out = bytearray()
-    for part in parts:
-        if part is None:
-            out += _ABSENT
-        else:
-            out += len(part).to_bytes(8, "big")
-            out += part
-    return bytes(out)
+    return b"".join([_ABSENT if part is None else _LENGTH(len(part)) + part for part in parts])
 
 
 def fingerprint(secret: bytes, *parts: bytes) -> bytes:
@@ -53,8 +50,15 @@ def scoped_key(
     The scope (tenant, principal, method, route template) keeps one client's
     key from ever meeting another's, or the same key on another route.
     """
-    parts = (tenant, principal, method.upper(), route, key)
-    framed = _framed(tuple(None if p is None else p.encode() for p in parts))
+    framed = _framed(
+        (
+            None if tenant is None else tenant.encode(),
+            None if principal is None else principal.encode(),
+            method.upper().encode(),
+            route.encode(),
+            key.encode(),
+        )
+    )
     return hashlib.sha256(framed).hexdigest()
 
 

@@ -1,12 +1,16 @@
-"""The lease of a held claim: renewed in the background, released fenced and shielded.
+"""The lease of a held claim: its settings, renewal, fenced and shielded release.
 
-One implementation for the three holders (the HTTP middleware,
+`LeaseConfig` is the one set of lease settings (and their validation) that the
+HTTP middleware's and internal operations' configs build on. `HeldLease` is one
+implementation for the three holders (the HTTP middleware,
 `Idempotent.operation()` and `run_phases`), so they agree on what a missed
 beat, a takeover and a cancelled caller mean:
 
-* Renewal starts as a timer, and becomes a task only when the timer fires. A
-  holder that finishes within one interval, almost every HTTP request, pays
-  for one ``call_later`` and nothing else.
+* Renewal starts as an entry in a shared schedule, and becomes a task only
+  when its first beat is due. Leases of one interval on one loop come due in
+  the order they started, so one timer, armed for the oldest, serves them
+  all: a holder that finishes within one interval, almost every HTTP request,
+  costs a dict insert and a pop, not a timer of its own.
 * A beat the backend could not answer (`StoreUnavailable`, or a database
   error on `SqlBackend`) is logged and retried at the next interval: the
   lease may still stand, and the fenced writes decide in the end.
@@ -43,23 +47,80 @@ beat, a takeover and a cancelled caller mean:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from hardened.idempotency._keys import key_hash_for_logs
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
     from hardened.idempotency._contracts import IdempotencyBackend
 
-__all__ = ["DEFAULT_COMPLETE_RETRY_FOR", "HeldLease"]
+__all__ = ["DEFAULT_COMPLETE_RETRY_FOR", "FIRST_POLL", "MAX_POLL", "HeldLease", "LeaseConfig"]
 
 DEFAULT_COMPLETE_RETRY_FOR = 300.0
 """Seconds a failed complete is retried: rides out a failover or a database restart."""
+
+# A caller waiting for a live holder asks again after FIRST_POLL seconds, doubling up to MAX_POLL.
+FIRST_POLL = 0.02
+MAX_POLL = 0.5
+
+
+def _positive(name: str, value: float) -> None:
+    # inf or nan would pass a "> 0" check and then fail in every claim's TTL.
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseConfig:
+    """How long a claim is held and its result kept, in seconds.
+
+    ``lease`` (5 s) is how soon a crashed holder's key can be taken over. The
+    heartbeat renews it every ``heartbeat`` seconds (default a third of the
+    lease, so two beats can fail before a slow holder loses its claim); it must
+    be shorter than the lease, or the lease lapses between beats. The
+    trade-off: a holder whose event loop stalls longer than the lease loses
+    its claim to a retry. Fencing then stops it from storing its result, and
+    in the transactional mode (`SqlBackend.complete_in`) from committing its
+    effect; an effect outside the database (a provider call) could be done
+    twice. Raise the lease for work that makes such calls on a loop that may
+    stall.
+
+    ``retention`` is how long a result is replayed. ``complete_retry_for``
+    (300 s) bounds the background retries of a result the backend could not
+    store: long enough to ride out a failover or a database restart, short
+    enough that a long outage does not keep results and tasks in memory
+    without end (0: give up at once).
+    """
+
+    lease: float = 5.0
+    heartbeat: float | None = None
+    retention: float = 86_400.0
+    complete_retry_for: float = DEFAULT_COMPLETE_RETRY_FOR
+
+    def __post_init__(self) -> None:
+        _positive("lease", self.lease)
+        _positive("retention", self.retention)
+        if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
+            msg = f"heartbeat must be in (0, lease) seconds, got {self.heartbeat!r}"
+            raise ValueError(msg)
+        if not (self.complete_retry_for >= 0 and math.isfinite(self.complete_retry_for)):
+            retry_for = self.complete_retry_for
+            raise ValueError(f"complete_retry_for must be >= 0 finite seconds, got {retry_for!r}")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between lease renewals: ``heartbeat``, else a third of the lease."""
+        return self.lease / 3 if self.heartbeat is None else self.heartbeat
+
 
 _LEASE_LOST = counter(
     "idempotency_lease_lost_total", "Holders that found their lease taken over by another."
@@ -80,6 +141,56 @@ def _log() -> Any:
     return structlog.get_logger("hardened.idempotency")  # per event: later configuration applies
 
 
+class _FirstBeats:
+    """The first beat of every lease with one interval on one loop, from one timer."""
+
+    __slots__ = ("_due", "_interval", "_loop", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._loop = weakref.ref(loop)  # held by the loop's timer, so never strongly back
+        self._interval = interval
+        self._due: dict[HeldLease, float] = {}  # insertion order is due order
+        self._timer: asyncio.TimerHandle | None = None
+
+    def serves(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return self._loop() is loop
+
+    def add(self, lease: HeldLease, loop: asyncio.AbstractEventLoop) -> None:
+        due = loop.time() + self._interval
+        self._due[lease] = due
+        if self._timer is None:
+            self._timer = loop.call_at(due, self._fire)
+
+    def discard(self, lease: HeldLease) -> None:
+        self._due.pop(lease, None)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = self._loop()
+        if loop is None:
+            return
+        due, now = self._due, loop.time()
+        while due:
+            lease, at = next(iter(due.items()))
+            if at > now + _EARLY:
+                self._timer = loop.call_at(at, self._fire)
+                return
+            del due[lease]
+            lease._start()
+
+
+_EARLY = 0.001  # a first beat this much early is harmless; re-arming for it is not
+_SCHEDULES: dict[tuple[int, float], _FirstBeats] = {}
+
+
+def _first_beats(loop: asyncio.AbstractEventLoop, interval: float) -> _FirstBeats:
+    key = (id(loop), interval)
+    beats = _SCHEDULES.get(key)
+    if beats is None or not beats.serves(loop):  # new, or a dead loop's id reused
+        beats = _SCHEDULES[key] = _FirstBeats(loop, interval)
+    return beats
+
+
 class HeldLease:
     """A claimed key's token and lease, renewed every ``interval`` seconds until `stop`."""
 
@@ -87,6 +198,7 @@ class HeldLease:
         "_backend",
         "_calling",
         "_completing",
+        "_first",
         "_handle",
         "_interval",
         "_lapses_at",
@@ -119,7 +231,9 @@ class HeldLease:
         loop = asyncio.get_running_loop()
         # When the lease lapses at the latest: the claim was made before this.
         self._lapses_at = loop.time() + lease
-        self._handle = loop.call_later(interval, self._start)
+        self._handle: asyncio.TimerHandle | None = None
+        self._first: _FirstBeats | None = _first_beats(loop, interval)
+        self._first.add(self, loop)
 
     @property
     def key_hash(self) -> str:
@@ -127,6 +241,7 @@ class HeldLease:
         return key_hash_for_logs(self._log_key)
 
     def _start(self) -> None:
+        self._first = None
         if not self._stopped:
             self._task = asyncio.ensure_future(self._renew())
 
@@ -163,15 +278,25 @@ class HeldLease:
 
         Once a failed complete went to the background, renewal is its to stop.
         """
-        if not self._completing:
-            await self._halt()
+        if not self._completing and (task := self._unschedule()) is not None:
+            await self._wait_out(task)
 
     async def _halt(self) -> None:
+        if (task := self._unschedule()) is not None:
+            await self._wait_out(task)
+
+    def _unschedule(self) -> asyncio.Task[None] | None:
+        """Stop future beats; the renewal task still to wait for, if one runs."""
         self._stopped = True
-        self._handle.cancel()
+        if self._first is not None:
+            self._first.discard(self)
+            self._first = None
+        if self._handle is not None:
+            self._handle.cancel()
         task = self._task
-        if task is None or task.done():
-            return
+        return None if task is None or task.done() else task
+
+    async def _wait_out(self, task: asyncio.Task[None]) -> None:
         if not self._calling:
             task.cancel()  # it is sleeping between beats
         await asyncio.wait((task,))
@@ -210,7 +335,8 @@ class HeldLease:
         None when the backend failed: the effect happened, so the key must not be
         released; the store is retried in the background while the lease is renewed.
         """
-        await self.stop()
+        if not self._stopped:
+            await self.stop()
         try:
             stored = await self._backend.complete(self.key, self.token, result, retention=retention)
         except Exception:  # noqa: BLE001 - the holder has its answer; retried below

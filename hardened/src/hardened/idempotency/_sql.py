@@ -78,7 +78,7 @@ from hardened.errors import StoreUnavailable
 from hardened.idempotency._contracts import Claim, Claimed, Completed, InFlight, Mismatch
 from hardened.idempotency._errors import LeaseLost
 from hardened.idempotency._keys import key_hash_for_logs
-from hardened.observability._metrics import counter
+from hardened.observability.metrics import counter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine

@@ -33,13 +33,12 @@ import math
 from typing import TYPE_CHECKING
 
 from hardened.idempotency._contracts import Claim, Claimed, Completed, InFlight, Mismatch
-from hardened.stores._contracts import Script, tagged, ttl_ms
+from hardened.stores import Script, tagged, ttl_ms
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from hardened.stores._contracts import AtomicScripts
-    from hardened.stores._state import MemoryState
+    from hardened.stores import AtomicScripts, MemoryState
 
 __all__ = [
     "CHECKPOINT",
