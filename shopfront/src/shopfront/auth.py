@@ -160,10 +160,10 @@ def auth_of(state: Annotated[AppState, Depends(app_state)]) -> Auth:
 
 def not_in_maintenance(state: Annotated[AppState, Depends(app_state)]) -> None:
     """Dependency for auth routes: 503 with the configured message during maintenance."""
-    s = state.settings
-    if s.auth_maintenance_mode:
-        retry = s.auth_maintenance_retry_after
-        raise MaintenanceMode(s.auth_maintenance_message, retry_after=retry)
+    settings = state.settings
+    if settings.auth_maintenance_mode:
+        retry = settings.auth_maintenance_retry_after
+        raise MaintenanceMode(settings.auth_maintenance_message, retry_after=retry)
 
 
 async def revoke_sessions(auth: Auth, user_id: str) -> None:

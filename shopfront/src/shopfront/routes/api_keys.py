@@ -64,63 +64,63 @@ class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="Shown once; only its hash is kept.")
 
 
-def _may_handle(t: TenantRequest, role: str) -> None:
-    if not grants_up_to(t.identity.role, role):
+def _may_handle(tenancy: TenantRequest, role: str) -> None:
+    if not grants_up_to(tenancy.identity.role, role):
         raise Forbidden("This key's role is above your own.", code="member.role_too_high")
 
 
-async def _key(t: TenantRequest, key_id: uuid.UUID) -> ApiKey:
-    row = await t.session.get(ApiKey, key_id)
+async def _key(tenancy: TenantRequest, key_id: uuid.UUID) -> ApiKey:
+    row = await tenancy.session.get(ApiKey, key_id)
     if row is None:
         raise NotFound("No such API key.", code="api_key.not_found")
-    _may_handle(t, row.role)
+    _may_handle(tenancy, row.role)
     return row
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_key(body: ApiKeyIn, t: Tenancy) -> ApiKeyCreated:
+async def create_key(body: ApiKeyIn, tenancy: Tenancy) -> ApiKeyCreated:
     """A new key with a role up to your own (shown once)."""
-    _may_handle(t, body.role)
+    _may_handle(tenancy, body.role)
     expires = None
     if body.expires_in is not None:
         expires = datetime.now(UTC) + timedelta(seconds=body.expires_in)
-    async with t.session.begin():
+    async with tenancy.session.begin():
         made = await api_keys.create_key(
-            t.session,
-            t.tenant_id,
+            tenancy.session,
+            tenancy.tenant_id,
             name=body.name,
             role=body.role,
-            created_by=str(t.identity.principal),
+            created_by=str(tenancy.identity.principal),
             expires_at=expires,
         )
     return ApiKeyCreated(**ApiKeyOut.model_validate(made.row).model_dump(), key=made.key)
 
 
 @router.get("")
-async def list_keys(t: Tenancy, limit: Limit = 50, cursor: Cursor = None) -> Page[ApiKeyOut]:
+async def list_keys(tenancy: Tenancy, limit: Limit = 50, cursor: Cursor = None) -> Page[ApiKeyOut]:
     """The shop's keys, newest first (never the keys themselves)."""
-    rows = (await t.session.scalars(page_query(select(ApiKey), ApiKey, limit, cursor))).all()
+    rows = (await tenancy.session.scalars(page_query(select(ApiKey), ApiKey, limit, cursor))).all()
     items = [ApiKeyOut.model_validate(k) for k in rows[:limit]]
     return Page[ApiKeyOut](items=items, next_cursor=next_cursor(rows, limit))
 
 
 @router.post("/{key_id}/rotate", status_code=status.HTTP_201_CREATED)
-async def rotate_key(key_id: uuid.UUID, body: RotateIn, t: Tenancy) -> ApiKeyCreated:
+async def rotate_key(key_id: uuid.UUID, body: RotateIn, tenancy: Tenancy) -> ApiKeyCreated:
     """A successor key; the old one keeps working for ``overlap`` seconds, then expires."""
-    async with t.session.begin():
-        await _key(t, key_id)
+    async with tenancy.session.begin():
+        await _key(tenancy, key_id)
         _, made = await api_keys.rotate_key(
-            t.session,
+            tenancy.session,
             key_id,
             overlap=timedelta(seconds=body.overlap),
-            created_by=str(t.identity.principal),
+            created_by=str(tenancy.identity.principal),
         )
     return ApiKeyCreated(**ApiKeyOut.model_validate(made.row).model_dump(), key=made.key)
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_key(key_id: uuid.UUID, t: Tenancy) -> None:
+async def revoke_key(key_id: uuid.UUID, tenancy: Tenancy) -> None:
     """Stop a key at once."""
-    async with t.session.begin():
-        await _key(t, key_id)
-        await api_keys.revoke_key(t.session, key_id)
+    async with tenancy.session.begin():
+        await _key(tenancy, key_id)
+        await api_keys.revoke_key(tenancy.session, key_id)

@@ -17,27 +17,27 @@ router = APIRouter(prefix="/coupons", tags=["coupons"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[allow("coupons:write")])
-async def create_coupon(body: CouponIn, t: Tenancy) -> CouponOut:
+async def create_coupon(body: CouponIn, tenancy: Tenancy) -> CouponOut:
     """Create a coupon; codes are unique per shop."""
     if body.valid_from and body.valid_until and body.valid_until <= body.valid_from:
         raise ValidationFailed(
             errors=[FieldError(("body", "valid_until"), "must be after valid_from", "value_error")]
         )
-    coupon = Coupon(tenant_id=t.tenant_id, used=0, **body.model_dump())
-    async with t.session.begin():
-        t.session.add(coupon)
+    coupon = Coupon(tenant_id=tenancy.tenant_id, used=0, **body.model_dump())
+    async with tenancy.session.begin():
+        tenancy.session.add(coupon)
         with integrity_errors(
             {"uq_coupons_tenant_id_code": lambda: Conflict(code="coupon.code_taken")},
             metadata=Base.metadata,
         ):
-            await t.session.flush()
+            await tenancy.session.flush()
     return CouponOut.model_validate(coupon)
 
 
 @router.get("/{coupon_id}", dependencies=[allow("coupons:read")])
-async def get_coupon(coupon_id: uuid.UUID, t: Tenancy) -> CouponOut:
+async def get_coupon(coupon_id: uuid.UUID, tenancy: Tenancy) -> CouponOut:
     """One coupon of this shop, with its current usage."""
-    coupon = await t.session.get(Coupon, coupon_id)
+    coupon = await tenancy.session.get(Coupon, coupon_id)
     if coupon is None:
         raise NotFound("No such coupon.", code="coupon.not_found")
     return CouponOut.model_validate(coupon)

@@ -63,62 +63,64 @@ class InvitationCreated(InvitationOut):
 
 
 @router.get("", dependencies=[allow("members:read")])
-async def list_members(t: Tenancy, limit: Limit = 50, cursor: Cursor = None) -> Page[MemberOut]:
+async def list_members(
+    tenancy: Tenancy, limit: Limit = 50, cursor: Cursor = None
+) -> Page[MemberOut]:
     """The shop's members and their roles, newest first."""
-    rows = (await t.session.scalars(page_query(select(User), User, limit, cursor))).all()
+    rows = (await tenancy.session.scalars(page_query(select(User), User, limit, cursor))).all()
     items = [MemberOut.model_validate(u) for u in rows[:limit]]
     return Page[MemberOut](items=items, next_cursor=next_cursor(rows, limit))
 
 
 @router.patch("/{user_id}", dependencies=[allow("members:manage")])
-async def change_role(user_id: uuid.UUID, body: RoleIn, t: Tenancy) -> MemberOut:
+async def change_role(user_id: uuid.UUID, body: RoleIn, tenancy: Tenancy) -> MemberOut:
     """Give a member another role (up to your own; owners only by owners); signs them out."""
-    async with t.session.begin():
+    async with tenancy.session.begin():
         user, changed = await members.change_role(
-            t.session, user_id, role=body.role, caller_role=t.identity.role
+            tenancy.session, user_id, role=body.role, caller_role=tenancy.identity.role
         )
     if changed:
-        await revoke_sessions(t.state.auth, str(user.id))
+        await revoke_sessions(tenancy.state.auth, str(user.id))
     return MemberOut.model_validate(user)
 
 
 @router.delete(
     "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[allow("members:manage")]
 )
-async def remove_member(user_id: uuid.UUID, t: Tenancy) -> None:
+async def remove_member(user_id: uuid.UUID, tenancy: Tenancy) -> None:
     """Remove a member (never the last owner); their sessions end at once."""
-    async with t.session.begin():
-        await members.remove_member(t.session, user_id, caller_role=t.identity.role)
-    await revoke_sessions(t.state.auth, str(user_id))
+    async with tenancy.session.begin():
+        await members.remove_member(tenancy.session, user_id, caller_role=tenancy.identity.role)
+    await revoke_sessions(tenancy.state.auth, str(user_id))
 
 
 @invitations.post("", status_code=status.HTTP_201_CREATED, dependencies=[allow("members:manage")])
-async def invite(body: InvitationIn, t: Tenancy) -> InvitationCreated:
+async def invite(body: InvitationIn, tenancy: Tenancy) -> InvitationCreated:
     """Invite someone to join with a role; the token goes to their email and is shown once."""
-    state = t.state
-    async with t.session.begin():
+    state = tenancy.state
+    async with tenancy.session.begin():
         row, token = await members.invite(
             state.auth,
-            t.session,
-            t.tenant_id,
+            tenancy.session,
+            tenancy.tenant_id,
             email=body.email,
             role=body.role,
-            caller_role=t.identity.role,
-            created_by=str(t.identity.principal),
+            caller_role=tenancy.identity.role,
+            created_by=str(tenancy.identity.principal),
             ttl=timedelta(seconds=state.settings.invitation_ttl),
         )
-        domain = await members.shop_domain(t.session, t.tenant_id)
+        domain = await members.shop_domain(tenancy.session, tenancy.tenant_id)
     await state.mailer.invitation(shop=domain, email=row.email, token=token)
     return InvitationCreated(**InvitationOut.model_validate(row).model_dump(), token=token)
 
 
 @invitations.get("", dependencies=[allow("members:read")])
 async def list_invitations(
-    t: Tenancy, limit: Limit = 50, cursor: Cursor = None
+    tenancy: Tenancy, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[InvitationOut]:
     """Invitations, newest first (accepted ones show when)."""
     stmt = page_query(select(Invitation), Invitation, limit, cursor)
-    rows = (await t.session.scalars(stmt)).all()
+    rows = (await tenancy.session.scalars(stmt)).all()
     items = [InvitationOut.model_validate(i) for i in rows[:limit]]
     return Page[InvitationOut](items=items, next_cursor=next_cursor(rows, limit))
 
@@ -128,7 +130,7 @@ async def list_invitations(
     status_code=status.HTTP_204_NO_CONTENT,
     dependencies=[allow("members:manage")],
 )
-async def revoke_invitation(invitation_id: uuid.UUID, t: Tenancy) -> None:
+async def revoke_invitation(invitation_id: uuid.UUID, tenancy: Tenancy) -> None:
     """Withdraw a pending invitation."""
-    async with t.session.begin():
-        await members.revoke_invitation(t.session, invitation_id)
+    async with tenancy.session.begin():
+        await members.revoke_invitation(tenancy.session, invitation_id)

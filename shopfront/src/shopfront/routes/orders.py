@@ -37,19 +37,21 @@ shipments = APIRouter(prefix="/shipments", tags=["shipments"])
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[allow("orders:write")])
 async def create_order(
     body: OrderIn,
-    t: Tenancy,
+    tenancy: Tenancy,
     key: Annotated[IdempotencyKey, Depends(idempotency_key(guarded=True))],
 ) -> OrderOut:
     """Place an order once per Idempotency-Key; a coupon is redeemed with it or not at all."""
-    async with t.session.begin():
+    async with tenancy.session.begin():
         earlier = prior_effect(key, "order")
         if earlier is not None:  # a crashed attempt committed it: answer, don't redo
-            order = await t.session.get(Order, uuid.UUID(earlier))
+            order = await tenancy.session.get(Order, uuid.UUID(earlier))
             if order is None:
                 raise NotFound("No such order.", code="order.not_found")
         else:
-            order = await service.create_order(t.session, t.tenant_id, body)
-            await record_effect(t.state.idempotency, t.session, key, "order", str(order.id))
+            order = await service.create_order(tenancy.session, tenancy.tenant_id, body)
+            await record_effect(
+                tenancy.state.idempotency, tenancy.session, key, "order", str(order.id)
+            )
     return OrderOut.model_validate(order)
 
 
@@ -59,10 +61,10 @@ async def create_order(
     dependencies=[allow("orders:import")],
     openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
-async def import_orders(request: Request, t: Tenancy) -> ImportSummary:
+async def import_orders(request: Request, tenancy: Tenancy) -> ImportSummary:
     """Import orders from CSV (streamed); any bad row imports nothing and is reported by row."""
-    async with t.session.begin():
-        report = await imports.import_orders(t.session, t.tenant_id, request.stream())
+    async with tenancy.session.begin():
+        report = await imports.import_orders(tenancy.session, tenancy.tenant_id, request.stream())
         if not report.ok:
             raise report.to_problem()
     return ImportSummary(imported=report.rows_valid, rows_read=report.rows_read)
@@ -70,7 +72,7 @@ async def import_orders(request: Request, t: Tenancy) -> ImportSummary:
 
 @router.get("", dependencies=[allow("orders:read")])
 async def list_orders(
-    t: Tenancy,
+    tenancy: Tenancy,
     limit: Limit = 50,
     cursor: Cursor = None,
     status_: Annotated[OrderStatus | None, Query(alias="status")] = None,
@@ -79,26 +81,26 @@ async def list_orders(
     stmt = select(Order)
     if status_:
         stmt = stmt.where(Order.status == status_)
-    rows = (await t.session.scalars(page_query(stmt, Order, limit, cursor))).all()
+    rows = (await tenancy.session.scalars(page_query(stmt, Order, limit, cursor))).all()
     items = [OrderOut.model_validate(o) for o in rows[:limit]]
     return Page[OrderOut](items=items, next_cursor=next_cursor(rows, limit))
 
 
 @router.get("/{order_id}", dependencies=[allow("orders:read")])
-async def get_order(order_id: uuid.UUID, t: Tenancy) -> OrderOut:
+async def get_order(order_id: uuid.UUID, tenancy: Tenancy) -> OrderOut:
     """One order of this shop with its lines."""
-    order = await t.session.get(Order, order_id)
+    order = await tenancy.session.get(Order, order_id)
     if order is None:
         raise NotFound("No such order.", code="order.not_found")
     return OrderOut.model_validate(order)
 
 
 @router.get("/{order_id}/history", dependencies=[allow("orders:read")])
-async def order_history(order_id: uuid.UUID, t: Tenancy) -> list[StatusChangeOut]:
+async def order_history(order_id: uuid.UUID, tenancy: Tenancy) -> list[StatusChangeOut]:
     """The order's status changes, one per version, oldest first."""
-    if await t.session.get(Order, order_id) is None:
+    if await tenancy.session.get(Order, order_id) is None:
         raise NotFound("No such order.", code="order.not_found")
-    changes = await t.session.scalars(
+    changes = await tenancy.session.scalars(
         select(OrderStatusChange)
         .where(OrderStatusChange.order_id == order_id)
         .order_by(OrderStatusChange.version)
@@ -107,11 +109,11 @@ async def order_history(order_id: uuid.UUID, t: Tenancy) -> list[StatusChangeOut
 
 
 @router.post("/{order_id}/transitions", dependencies=[allow("orders:write")])
-async def transition(order_id: uuid.UUID, body: TransitionIn, t: Tenancy) -> OrderOut:
+async def transition(order_id: uuid.UUID, body: TransitionIn, tenancy: Tenancy) -> OrderOut:
     """Change an order's status from the version the client saw (409 if it moved since)."""
-    async with t.session.begin():
+    async with tenancy.session.begin():
         order = await service.transition_order(
-            t.session, t.tenant_id, order_id, body.to, body.version
+            tenancy.session, tenancy.tenant_id, order_id, body.to, body.version
         )
     return OrderOut.model_validate(order)
 
@@ -121,27 +123,29 @@ async def transition(order_id: uuid.UUID, body: TransitionIn, t: Tenancy) -> Ord
     status_code=status.HTTP_201_CREATED,
     dependencies=[allow("orders:write")],
 )
-async def ship(order_id: uuid.UUID, body: ShipmentIn, t: Tenancy) -> ShipmentOut:
+async def ship(order_id: uuid.UUID, body: ShipmentIn, tenancy: Tenancy) -> ShipmentOut:
     """Ship a paid order: status change and shipment are written together or not at all."""
-    async with t.session.begin():
-        shipment = await service.ship_order(t.session, t.tenant_id, order_id, body)
+    async with tenancy.session.begin():
+        shipment = await service.ship_order(tenancy.session, tenancy.tenant_id, order_id, body)
     return ShipmentOut.model_validate(shipment)
 
 
 @shipments.get("/{shipment_id}", dependencies=[allow("orders:read")])
-async def get_shipment(shipment_id: uuid.UUID, t: Tenancy) -> ShipmentOut:
+async def get_shipment(shipment_id: uuid.UUID, tenancy: Tenancy) -> ShipmentOut:
     """One shipment of this shop."""
-    shipment = await t.session.get(Shipment, shipment_id)
+    shipment = await tenancy.session.get(Shipment, shipment_id)
     if shipment is None:
         raise NotFound("No such shipment.", code="shipment.not_found")
     return ShipmentOut.model_validate(shipment)
 
 
 @shipments.patch("/{shipment_id}", dependencies=[allow("orders:write")])
-async def update_shipment(shipment_id: uuid.UUID, body: ShipmentUpdate, t: Tenancy) -> ShipmentOut:
+async def update_shipment(
+    shipment_id: uuid.UUID, body: ShipmentUpdate, tenancy: Tenancy
+) -> ShipmentOut:
     """Change a shipment's status from the version the client saw."""
-    async with t.session.begin():
+    async with tenancy.session.begin():
         shipment = await service.update_shipment(
-            t.session, t.tenant_id, shipment_id, body.status, body.version
+            tenancy.session, tenancy.tenant_id, shipment_id, body.status, body.version
         )
     return ShipmentOut.model_validate(shipment)

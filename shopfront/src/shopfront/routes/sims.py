@@ -100,53 +100,53 @@ def _crash_point(state: AppState, after: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _phases(t: TenantRequest, body: ActivationIn, record: str) -> list[Any]:
-    state, ledger = t.state, t.state.ledger
-    owner = str(t.tenant_id)
+def _phases(tenancy: TenantRequest, body: ActivationIn, record: str) -> list[Any]:
+    state, ledger = tenancy.state, tenancy.state.ledger
+    owner = str(tenancy.tenant_id)
 
-    async def reserve(session: AsyncSession, s: PhaseState) -> PhaseState:
+    async def reserve(session: AsyncSession, current: PhaseState) -> PhaseState:
         taken = await session.scalar(
-            select(SimActivation.id).where(SimActivation.iccid == s["iccid"])
+            select(SimActivation.id).where(SimActivation.iccid == current["iccid"])
         )
         if taken is not None:
             raise SimAlreadyActive("This SIM is already active.")
         wallet = await ledger.open_account(session, owner)
         price = state.settings.sim_activation_price
         hold = await ledger.reserve(session, wallet, price, f"{record}:reserve")
-        return {**s, "wallet": str(wallet), "reservation": str(hold.id), "price": price}
+        return {**current, "wallet": str(wallet), "reservation": str(hold.id), "price": price}
 
-    async def activate(s: PhaseState) -> PhaseState:
+    async def activate(current: PhaseState) -> PhaseState:
         try:
             done = await state.sim.activate(
-                iccid=s["iccid"], plan=s["plan"], idempotency_key=f"{record}:activate"
+                iccid=current["iccid"], plan=current["plan"], idempotency_key=f"{record}:activate"
             )
         except SimRefused:
-            return {**s, "refused": True}
+            return {**current, "refused": True}
         _crash_point(state, "provider_answered")  # activated, its recovery point not written
-        return {**s, "provider_ref": done.provider_ref}
+        return {**current, "provider_ref": done.provider_ref}
 
-    async def record_activation(session: AsyncSession, s: PhaseState) -> PhaseState:
-        if s.get("refused"):
-            return s
+    async def record_activation(session: AsyncSession, current: PhaseState) -> PhaseState:
+        if current.get("refused"):
+            return current
         row = SimActivation(
-            tenant_id=t.tenant_id,
-            iccid=s["iccid"],
-            plan=s["plan"],
-            provider_ref=s["provider_ref"],
-            reservation_id=uuid.UUID(s["reservation"]),
-            price=s["price"],
+            tenant_id=tenancy.tenant_id,
+            iccid=current["iccid"],
+            plan=current["plan"],
+            provider_ref=current["provider_ref"],
+            reservation_id=uuid.UUID(current["reservation"]),
+            price=current["price"],
         )
         session.add(row)
         await session.flush()
-        return {**s, "activation": str(row.id), "created_at": row.created_at.isoformat()}
+        return {**current, "activation": str(row.id), "created_at": row.created_at.isoformat()}
 
-    async def capture(session: AsyncSession, s: PhaseState) -> PhaseState:
-        hold, wallet = uuid.UUID(s["reservation"]), uuid.UUID(s["wallet"])
-        if s.get("refused"):  # cleanup on failure: nothing is charged
+    async def capture(session: AsyncSession, current: PhaseState) -> PhaseState:
+        hold, wallet = uuid.UUID(current["reservation"]), uuid.UUID(current["wallet"])
+        if current.get("refused"):  # cleanup on failure: nothing is charged
             await ledger.release(session, hold, f"{record}:release", account=wallet)
-            return s
+            return current
         op = await ledger.capture(session, hold, f"{record}:capture", account=wallet)
-        return {**s, "capture": str(op.id)}
+        return {**current, "capture": str(op.id)}
 
     return [
         LocalPhase("reserve", reserve),
@@ -162,11 +162,11 @@ def _phases(t: TenantRequest, body: ActivationIn, record: str) -> list[Any]:
     response_model=ActivationOut,
     dependencies=[allow("sims:activate")],
 )
-async def activate_sim(body: ActivationIn, t: Tenancy, key: Key) -> JSONResponse:
+async def activate_sim(body: ActivationIn, tenancy: Tenancy, key: Key) -> JSONResponse:
     """Activate a SIM once per key, paying from the shop's credits (see the module docstring)."""
-    state = t.state
+    state = tenancy.state
     record = scoped_key(
-        tenant=str(t.tenant_id),
+        tenant=str(tenancy.tenant_id),
         principal=None,
         method="POST",
         route="/sims/activations",
@@ -177,11 +177,11 @@ async def activate_sim(body: ActivationIn, t: Tenancy, key: Key) -> JSONResponse
         state.idempotency,
         record,
         digest,
-        _phases(t, body, record),
+        _phases(tenancy, body, record),
         state={"iccid": body.iccid, "plan": body.plan},
         lease=state.settings.idempotency_lease,
         retention=float(state.settings.idempotency_retention),
-        sessions=lambda: tenant_session(state.db.sessions, t.tenant_id),
+        sessions=lambda: tenant_session(state.db.sessions, tenancy.tenant_id),
         # Fires once a phase's result is durable, before the next one starts.
         on_recorded=lambda phase: _crash_point(state, phase),
     )

@@ -68,11 +68,11 @@ async def create_tenant(
 
 
 @router.get("/{tenant_id}", dependencies=[allow("shop:read")])
-async def get_tenant(tenant_id: uuid.UUID, t: Tenancy) -> TenantOut:
+async def get_tenant(tenant_id: uuid.UUID, tenancy: Tenancy) -> TenantOut:
     """The calling shop itself; any other shop id is not found."""
-    if tenant_id != t.tenant_id:
+    if tenant_id != tenancy.tenant_id:
         raise NotFound("No such shop.", code="tenant.not_found")
-    tenant = await t.session.get(Tenant, tenant_id)
+    tenant = await tenancy.session.get(Tenant, tenant_id)
     if tenant is None:
         raise NotFound("No such shop.", code="tenant.not_found")
     return _out(tenant)

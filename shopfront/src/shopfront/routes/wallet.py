@@ -71,20 +71,28 @@ class OperationOut(BaseModel):
     reservation_id: uuid.UUID | None
 
 
-def _reservation(r: Reservation) -> ReservationOut:
+def _reservation(hold: Reservation) -> ReservationOut:
     return ReservationOut(
-        id=r.id, amount=r.amount, captured=r.captured, status=r.status, expires_at=r.expires_at
+        id=hold.id,
+        amount=hold.amount,
+        captured=hold.captured,
+        status=hold.status,
+        expires_at=hold.expires_at,
     )
 
 
-def _operation(o: Operation) -> OperationOut:
+def _operation(operation: Operation) -> OperationOut:
     return OperationOut(
-        id=o.id, kind=o.kind, amount=o.amount, refunded=o.refunded, reservation_id=o.reservation_id
+        id=operation.id,
+        kind=operation.kind,
+        amount=operation.amount,
+        refunded=operation.refunded,
+        reservation_id=operation.reservation_id,
     )
 
 
-async def _wallet(t: TenantRequest) -> uuid.UUID:
-    return await t.state.ledger.open_account(t.session, str(t.tenant_id))
+async def _wallet(tenancy: TenantRequest) -> uuid.UUID:
+    return await tenancy.state.ledger.open_account(tenancy.session, str(tenancy.tenant_id))
 
 
 def _op_key(key: IdempotencyKey) -> str:
@@ -93,11 +101,11 @@ def _op_key(key: IdempotencyKey) -> str:
 
 
 @router.get("", dependencies=[allow("wallet:read")])
-async def balance(t: Tenancy) -> BalanceOut:
+async def balance(tenancy: Tenancy) -> BalanceOut:
     """The shop's posted, reserved and available credits."""
-    async with t.session.begin():
-        b = await t.state.ledger.balance(t.session, await _wallet(t))
-    return BalanceOut(balance=b.balance, reserved=b.reserved, available=b.available)
+    async with tenancy.session.begin():
+        totals = await tenancy.state.ledger.balance(tenancy.session, await _wallet(tenancy))
+    return BalanceOut(balance=totals.balance, reserved=totals.reserved, available=totals.available)
 
 
 @router.post(
@@ -105,50 +113,58 @@ async def balance(t: Tenancy) -> BalanceOut:
     status_code=status.HTTP_201_CREATED,
     dependencies=[allow("wallet:spend")],
 )
-async def reserve(body: ReserveIn, t: Tenancy, key: Key) -> ReservationOut:
+async def reserve(body: ReserveIn, tenancy: Tenancy, key: Key) -> ReservationOut:
     """Hold credits (default 24 h, then released by the expiry job); 409 if not enough."""
-    ttl = float(body.ttl_seconds or t.state.settings.reservation_ttl)
-    async with t.session.begin():
-        wallet = await _wallet(t)
-        held = await t.state.ledger.reserve(t.session, wallet, body.amount, _op_key(key), ttl=ttl)
+    ttl = float(body.ttl_seconds or tenancy.state.settings.reservation_ttl)
+    async with tenancy.session.begin():
+        wallet = await _wallet(tenancy)
+        held = await tenancy.state.ledger.reserve(
+            tenancy.session, wallet, body.amount, _op_key(key), ttl=ttl
+        )
     return _reservation(held)
 
 
 @router.get("/reservations/{reservation_id}", dependencies=[allow("wallet:read")])
-async def reservation(reservation_id: uuid.UUID, t: Tenancy) -> ReservationOut:
+async def reservation(reservation_id: uuid.UUID, tenancy: Tenancy) -> ReservationOut:
     """One of the shop's reservations."""
-    async with t.session.begin():
-        wallet = await _wallet(t)
-        found = await t.state.ledger.reservation(t.session, reservation_id, account=wallet)
+    async with tenancy.session.begin():
+        wallet = await _wallet(tenancy)
+        found = await tenancy.state.ledger.reservation(
+            tenancy.session, reservation_id, account=wallet
+        )
     return _reservation(found)
 
 
 @router.post("/reservations/{reservation_id}/capture", dependencies=[allow("wallet:spend")])
-async def capture(reservation_id: uuid.UUID, body: CaptureIn, t: Tenancy, key: Key) -> OperationOut:
+async def capture(
+    reservation_id: uuid.UUID, body: CaptureIn, tenancy: Tenancy, key: Key
+) -> OperationOut:
     """Spend a reservation (all, or part and release the rest)."""
-    async with t.session.begin():
-        wallet = await _wallet(t)
-        op = await t.state.ledger.capture(
-            t.session, reservation_id, _op_key(key), amount=body.amount, account=wallet
+    async with tenancy.session.begin():
+        wallet = await _wallet(tenancy)
+        op = await tenancy.state.ledger.capture(
+            tenancy.session, reservation_id, _op_key(key), amount=body.amount, account=wallet
         )
     return _operation(op)
 
 
 @router.post("/reservations/{reservation_id}/release", dependencies=[allow("wallet:spend")])
-async def release(reservation_id: uuid.UUID, t: Tenancy, key: Key) -> OperationOut:
+async def release(reservation_id: uuid.UUID, tenancy: Tenancy, key: Key) -> OperationOut:
     """Give a reservation's credits back."""
-    async with t.session.begin():
-        wallet = await _wallet(t)
-        op = await t.state.ledger.release(t.session, reservation_id, _op_key(key), account=wallet)
+    async with tenancy.session.begin():
+        wallet = await _wallet(tenancy)
+        op = await tenancy.state.ledger.release(
+            tenancy.session, reservation_id, _op_key(key), account=wallet
+        )
     return _operation(op)
 
 
 @router.post("/refunds", status_code=status.HTTP_201_CREATED, dependencies=[allow("wallet:spend")])
-async def refund(body: RefundIn, t: Tenancy, key: Key) -> OperationOut:
+async def refund(body: RefundIn, tenancy: Tenancy, key: Key) -> OperationOut:
     """Return credits spent by a capture or debit (never more than it spent)."""
-    async with t.session.begin():
-        wallet = await _wallet(t)
-        op = await t.state.ledger.refund(
-            t.session, wallet, body.amount, _op_key(key), of_operation=body.operation_id
+    async with tenancy.session.begin():
+        wallet = await _wallet(tenancy)
+        op = await tenancy.state.ledger.refund(
+            tenancy.session, wallet, body.amount, _op_key(key), of_operation=body.operation_id
         )
     return _operation(op)

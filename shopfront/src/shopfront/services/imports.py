@@ -75,7 +75,9 @@ async def import_orders(
                 return [RowError(number, "external_ref", "already imported", "import.duplicate")]
         return []
 
-    async def progress(p: ImportProgress) -> None:
-        _log.info("import.progress", rows=p.rows_read, bytes=p.bytes_read, errors=p.errors)
+    async def progress(report: ImportProgress) -> None:
+        _log.info(
+            "import.progress", rows=report.rows_read, bytes=report.bytes_read, errors=report.errors
+        )
 
     return await import_csv(chunks, IMPORT_SPEC, sink, batch_size=200, progress=progress)
