@@ -8,9 +8,9 @@ why); `SocketRevocation` is what the socket bus carries to every worker (close
 this user's sockets, or one session's).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hardened._extras import lazy_exports
 from hardened.auth._errors import (
     InvalidRefreshToken,
     PasswordTooLong,
@@ -92,20 +92,15 @@ __all__ = [
     "websocket_ticket",
 ]
 
-_NEEDS_THE_EXTRA = {
-    "PasswordHasher": "passwords",
-    "PasswordPolicy": "passwords",
-    "Verification": "passwords",
-    "AccessClaims": "tokens",
-    "AccessTokenConfig": "tokens",
-    "AccessTokens": "tokens",
-    "revoked_error": "tokens",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _NEEDS_THE_EXTRA.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # Without the auth extra this raises the missing-extra ImportError naming it.
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "PasswordHasher": "passwords",
+        "PasswordPolicy": "passwords",
+        "Verification": "passwords",
+        "AccessClaims": "tokens",
+        "AccessTokenConfig": "tokens",
+        "AccessTokens": "tokens",
+        "revoked_error": "tokens",
+    },
+)

@@ -17,9 +17,9 @@ commits with the business effect: ``complete_in``) and `run_phases`
 so this package works without the ``postgres``/``sqlite`` extras.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hardened._extras import lazy_exports
 from hardened.idempotency._config import (
     DEFAULT_REPLAY_HEADERS,
     HttpIdempotencyConfig,
@@ -118,24 +118,15 @@ __all__ = [
     "validate_key",
 ]
 
-_LAZY = {
-    "SqlBackend": "_sql",
-    "idempotency_table": "_sql",
-    "ExternalPhase": "_phases",
-    "LocalPhase": "_phases",
-    "Phase": "_phases",
-    "PhaseState": "_phases",
-    "run_phases": "_phases",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        found = importlib.import_module(f"{__name__}.{module}")
-    except ImportError as exc:
-        msg = f"{name} needs SQLAlchemy: pip install 'hardened[postgres]' (or [sqlite])"
-        raise ImportError(msg) from exc
-    return getattr(found, name)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "SqlBackend": "_sql",
+        "idempotency_table": "_sql",
+        "ExternalPhase": "_phases",
+        "LocalPhase": "_phases",
+        "Phase": "_phases",
+        "PhaseState": "_phases",
+        "run_phases": "_phases",
+    },
+)

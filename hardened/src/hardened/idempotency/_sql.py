@@ -46,33 +46,39 @@ import functools
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    DateTime,
-    Index,
-    Interval,
-    LargeBinary,
-    String,
-    Table,
-    Text,
-    and_,
-    case,
-    delete,
-    extract,
-    func,
-    literal,
-    null,
-    or_,
-    select,
-    true,
-    update,
-)
-from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from hardened._extras import missing_extra
+
+try:
+    from sqlalchemy import (
+        BigInteger,
+        CheckConstraint,
+        Column,
+        DateTime,
+        Index,
+        Interval,
+        LargeBinary,
+        String,
+        Table,
+        Text,
+        and_,
+        case,
+        delete,
+        extract,
+        func,
+        literal,
+        null,
+        or_,
+        select,
+        true,
+        update,
+    )
+    from sqlalchemy import cast as sql_cast
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+except ModuleNotFoundError as exc:
+    raise missing_extra("hardened.idempotency.SqlBackend", "postgres", "sqlite") from exc
+
 
 from hardened.errors import StoreUnavailable
 from hardened.idempotency._contracts import Claim, Claimed, Completed, InFlight, Mismatch

@@ -13,8 +13,9 @@ without the ``redis`` extra installed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hardened._extras import lazy_exports
 from hardened.stores._contracts import (
     AtomicScripts,
     Counters,
@@ -61,10 +62,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "RedisStore":
-        # Imported on first use: without the redis extra it raises the missing-extra ImportError.
-        from hardened.stores.redis import RedisStore  # noqa: PLC0415
-
-        return RedisStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"RedisStore": "redis"})
