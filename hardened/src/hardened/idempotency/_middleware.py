@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
@@ -35,7 +34,6 @@ from hardened.idempotency._request import (
     fingerprint_payload,
     raw_key,
     read_body,
-    replaying,
     sorted_query,
 )
 from hardened.idempotency._wire import (
@@ -80,23 +78,37 @@ _OUTCOMES = (
 _count = {outcome: _requests.labels(outcome).inc for outcome in _OUTCOMES}
 
 
-@dataclass(slots=True)
 class _Guarded:
-    """What the executing request captured so far."""
+    """What the executing request captured so far (a plain class: one per guarded request)."""
 
-    raw_key: str
-    scoped: str
-    token: int
-    status: int = 0
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
-    storable: bool = True
-    settled: bool = False
-    client_gone: bool = False
-    done: bool = False  # the outcome is stored or released
-    disconnect: Message | None = None  # held back from the app until done
-    waiter: asyncio.Event | None = None
+    __slots__ = (
+        "body",
+        "chunks",
+        "client_gone",
+        "disconnect",
+        "done",
+        "headers",
+        "raw_key",
+        "scoped",
+        "settled",
+        "size",
+        "status",
+        "storable",
+        "token",
+        "waiter",
+    )
+
+    def __init__(self, raw_key: str, scoped: str, token: int, body: bytes | None) -> None:
+        self.raw_key, self.scoped, self.token = raw_key, scoped, token
+        self.body = body  # the request body the middleware read, handed to the app first
+        self.status = self.size = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.storable = True
+        self.settled = self.client_gone = False
+        self.done = False  # the outcome is stored or released
+        self.disconnect: Message | None = None  # held back from the app until done
+        self.waiter: asyncio.Event | None = None
 
     def finish(self) -> None:
         self.done = True
@@ -105,7 +117,7 @@ class _Guarded:
 
 
 def _holding_disconnect(receive: Receive, guarded: _Guarded) -> Receive:
-    """``receive`` that answers ``http.disconnect`` only once the outcome is recorded.
+    """The app's ``receive``: the body already read, then ``http.disconnect`` held until done.
 
     Frameworks cancel a response when the client leaves (Starlette's
     `StreamingResponse` does). The handler has done its work by then, so the
@@ -114,6 +126,10 @@ def _holding_disconnect(receive: Receive, guarded: _Guarded) -> Receive:
     """
 
     async def hold() -> Message:
+        body = guarded.body
+        if body is not None:
+            guarded.body = None
+            return {"type": "http.request", "body": body, "more_body": False}
         held = guarded.disconnect
         if held is None:
             message = await receive()
@@ -203,8 +219,8 @@ class IdempotencyMiddleware:
                 phase=claim.phase,
                 data=claim.data,
             )
-            guarded = _Guarded(admitted.key, admitted.scoped, claim.token)
-            await self._execute(scope, replaying(admitted.body, receive), send, guarded)
+            guarded = _Guarded(admitted.key, admitted.scoped, claim.token, admitted.body)
+            await self._execute(scope, receive, send, guarded)
         elif isinstance(claim, Completed):
             await self._replay(scope, send, claim.result, admitted.key)
         else:
@@ -332,15 +348,6 @@ class IdempotencyMiddleware:
         replay_names = self._replay_names
         limit = config.max_stored_bytes
 
-        async def forward(message: Message) -> None:
-            if guarded.client_gone:
-                return
-            try:
-                await send(message)
-            except OSError:
-                # The client left; the result is still stored for its retry.
-                guarded.client_gone = True
-
         async def capture(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.start":
@@ -363,7 +370,13 @@ class IdempotencyMiddleware:
                     await beat.stop()
                     await self._settle(guarded, beat)
                     guarded.finish()
-            await forward(message)
+            if guarded.client_gone:
+                return
+            try:
+                await send(message)
+            except OSError:
+                # The client left; the result is still stored for its retry.
+                guarded.client_gone = True
 
         try:
             await self.app(scope, _holding_disconnect(receive, guarded), capture)

@@ -24,7 +24,7 @@ from hardened.idempotency._errors import IdempotencyKeyInvalid
 from hardened.types import Scope
 
 if TYPE_CHECKING:
-    from hardened.types import Message, Receive
+    from hardened.types import Receive
 
 __all__ = [
     "Disconnected",
@@ -32,7 +32,6 @@ __all__ = [
     "fingerprint_payload",
     "raw_key",
     "read_body",
-    "replaying",
     "scope_from_credentials",
     "sorted_query",
 ]
@@ -214,17 +213,3 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def replaying(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that hands the app the body already read, then the real channel."""
-    pending = True
-
-    async def replay() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
