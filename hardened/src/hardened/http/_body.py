@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from hardened._asgi import header_values
 from hardened.errors import BadRequest, UnsupportedMediaType
@@ -52,8 +52,6 @@ _HUGE = 1 << 62  # any Content-Length with more digits than this is "too large",
 _TCHARS = r"[a-z0-9!#$&^_.+-]+"
 _MEDIA_TYPE = re.compile(rf"{_TCHARS}/{_TCHARS}", re.ASCII)  # what a request may declare
 _MEDIA_RANGE = re.compile(rf"{_TCHARS}/(?:\*|{_TCHARS})|\*/\*", re.ASCII)  # what a policy may list
-
-_V = TypeVar("_V")
 
 
 def _declared_length(scope: Scope) -> int | None:

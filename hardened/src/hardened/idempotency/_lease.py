@@ -155,6 +155,10 @@ class _FirstBeats:
     def serves(self, loop: asyncio.AbstractEventLoop) -> bool:
         return self._loop() is loop
 
+    def closed(self) -> bool:
+        loop = self._loop()
+        return loop is None or loop.is_closed()
+
     def add(self, lease: HeldLease, loop: asyncio.AbstractEventLoop) -> None:
         due = loop.time() + self._interval
         self._due[lease] = due
@@ -187,6 +191,8 @@ def _first_beats(loop: asyncio.AbstractEventLoop, interval: float) -> _FirstBeat
     key = (id(loop), interval)
     beats = _SCHEDULES.get(key)
     if beats is None or not beats.serves(loop):  # new, or a dead loop's id reused
+        for old in [k for k, v in _SCHEDULES.items() if v.closed()]:
+            del _SCHEDULES[old]  # schedules of loops that are gone (a new loop is rare)
         beats = _SCHEDULES[key] = _FirstBeats(loop, interval)
     return beats
 
