@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from hardened._asgi import header_values
+from hardened._asgi import headers_named
 from hardened.errors import HardenedError, Unauthorized
 
 if TYPE_CHECKING:
@@ -125,9 +125,13 @@ def _ambiguous(via: Via) -> Identity:
     )
 
 
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie"})
+
+
 def _presented(scope: Scope, cookie_names: frozenset[str]) -> Credentials | Identity | None:
     """The request's credentials; an `Identity` refusal when ambiguous; None when there are none."""
-    authorization = header_values(scope, b"authorization")
+    sent = headers_named(scope, _CREDENTIAL_HEADERS)  # one pass for both
+    authorization = [value for name, value in sent if name == b"authorization"]
     if authorization:
         if len(authorization) > 1:
             return _ambiguous("header")
@@ -135,7 +139,8 @@ def _presented(scope: Scope, cookie_names: frozenset[str]) -> Credentials | Iden
         if scheme.lower() == "bearer" and token.strip():
             return Credentials(bearer=token.strip())
     found: dict[str, str] = {}
-    for header in header_values(scope, b"cookie") if cookie_names else ():
+    cookies = [value for name, value in sent if name == b"cookie"] if cookie_names else []
+    for header in cookies:
         for pair in header.decode("latin-1").split(";"):
             name, sep, value = pair.strip().partition("=")
             if not sep or name not in cookie_names or not value.strip():
