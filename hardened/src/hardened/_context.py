@@ -1,4 +1,4 @@
-"""Request-scoped context shared by every component (correlation id, client IP).
+"""Request-scoped context shared by every component (correlation id, client IP, tenant).
 
 Kept dependency-free so that `errors`, `logging` and the HTTP guards can all
 read it without importing each other.
@@ -7,11 +7,23 @@ read it without importing each other.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
-__all__ = ["client_ip_var", "correlation_id_var", "get_client_ip", "get_correlation_id"]
+if TYPE_CHECKING:
+    import uuid
+
+__all__ = [
+    "client_ip_var",
+    "correlation_id_var",
+    "get_client_ip",
+    "get_correlation_id",
+    "tenant_id_var",
+]
 
 correlation_id_var: ContextVar[str | None] = ContextVar("hardened_correlation_id", default=None)
 client_ip_var: ContextVar[str | None] = ContextVar("hardened_client_ip", default=None)
+#: The tenant being served; set by ``hardened.db.tenant_context``, read by tenancy and the cache.
+tenant_id_var: ContextVar[uuid.UUID | None] = ContextVar("hardened_tenant_id", default=None)
 
 
 def get_correlation_id() -> str | None:

@@ -41,7 +41,7 @@ one dot, no hyphens), so clients can match codes without normalising them::
     │   └── QuotaExceeded (429 ratelimit.quota_exceeded)                 ratelimit
     ├── CrossTenantWrite (500 tenant.cross_tenant_write)                 db
     ├── IdempotencyUnguarded (500 idempotency.unguarded)                 idempotency
-    ├── TenantContextMissing (500 tenant.context_missing)                db
+    ├── TenantContextMissing (500 tenant.context_missing)
     ├── UnscopedBulkWrite (500 tenant.unscoped_bulk_write)               db
     ├── UnscopedRawSQL (500 tenant.raw_sql)                              db
     └── ServiceUnavailable (503 service.unavailable)
@@ -104,6 +104,7 @@ __all__ = [
     "RateLimited",
     "ServiceUnavailable",
     "StoreUnavailable",
+    "TenantContextMissing",
     "Unauthorized",
     "UnsupportedMediaType",
     "ValidationFailed",
@@ -189,6 +190,13 @@ class NotFound(HardenedError):
     status = 404
     code = "resource.not_found"
     title = "Not Found"
+
+
+class TenantContextMissing(HardenedError):
+    """Tenant-scoped work (a query, a cache namespace) ran with no tenant in context."""
+
+    code = "tenant.context_missing"
+    title = "Tenant context missing"
 
 
 class Conflict(HardenedError):

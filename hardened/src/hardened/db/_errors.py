@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, ClassVar
 from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from hardened.errors import DependencyUnavailable, HardenedError
+from hardened.errors import DependencyUnavailable, HardenedError, TenantContextMissing
 from hardened.observability import counter
 
 if TYPE_CHECKING:
@@ -220,11 +220,6 @@ def unavailable_error(
         retry_after=_RETRY_AFTER.get(reason, 1),
         context={**fields, **(context or {})},
     )
-
-
-class TenantContextMissing(HardenedError):
-    code = "tenant.context_missing"
-    title = "Tenant context missing"
 
 
 class CrossTenantWrite(HardenedError):

@@ -36,7 +36,6 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
@@ -58,6 +57,7 @@ from sqlalchemy.sql.elements import (
 )
 from sqlalchemy.sql.selectable import TableClause
 
+from hardened._context import tenant_id_var
 from hardened.db._errors import (
     CrossTenantWrite,
     TenantContextMissing,
@@ -96,8 +96,6 @@ _S = TypeVar("_S", bound=Session)
 _MARK = "hardened.tenant_column"
 _log = structlog.get_logger("hardened.db")
 _REFUSED = counter("tenancy_refusals_total", "Statements or flushes refused by tenancy", ["code"])
-
-tenant_id_var: ContextVar[uuid.UUID | None] = ContextVar("hardened_tenant_id", default=None)
 
 
 def _refuse(exc: type[HardenedError], detail: str, **context: Any) -> HardenedError:

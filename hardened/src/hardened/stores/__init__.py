@@ -28,6 +28,7 @@ from hardened.stores._contracts import (
     ScriptError,
     Store,
     hash_tag,
+    key_part,
     tagged,
     ttl_ms,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "ScriptError",
     "Store",
     "hash_tag",
+    "key_part",
     "tagged",
     "ttl_ms",
 ]

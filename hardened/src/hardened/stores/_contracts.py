@@ -79,6 +79,7 @@ __all__ = [
     "Store",
     "encode_args",
     "hash_tag",
+    "key_part",
     "tagged",
     "ttl_ms",
 ]
@@ -91,6 +92,11 @@ _ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
 ScriptArg: TypeAlias = bytes | str | int | float
 #: A script's Python twin: ``(state, keys, encoded args, now) -> reply``.
 MemoryTwin: TypeAlias = Callable[[MemoryState, Sequence[str], Sequence[bytes], float], Any]
+
+
+def key_part(part: str) -> str:
+    """``part`` escaped as `tagged` escapes parts, for key segments a component appends."""
+    return part.translate(_ESCAPES)
 
 
 def tagged(namespace: str, *parts: str, suffix: str = "") -> str:
