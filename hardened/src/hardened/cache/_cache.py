@@ -74,27 +74,46 @@ class _Flight:
     """One shared load: a task every local caller awaits through a shield.
 
     A caller's cancellation leaves the others waiting; the task is cancelled
-    only when its last waiter leaves (never if it is a background refresh).
+    only when its last waiter leaves (never if it is a background refresh),
+    and is then forgotten at once, so a caller arriving later starts afresh
+    instead of joining a cancelled load. A caller reading the store while a
+    flight for its key exists counts as a waiter already.
     """
 
-    __slots__ = ("background", "task", "versions", "waiters")
+    __slots__ = ("background", "entry", "registry", "task", "versions", "waiters")
 
     def __init__(
-        self, task: asyncio.Task[Any], versions: bytes | None, *, background: bool
+        self,
+        task: asyncio.Task[Any],
+        versions: bytes | None,
+        registry: dict[str, _Flight],
+        entry: str,
+        *,
+        background: bool,
     ) -> None:
         self.task = task
         self.versions = versions
+        self.registry = registry
+        self.entry = entry
         self.background = background
         self.waiters = 0
+
+    def leave(self) -> None:
+        self.waiters -= 1
+        if not self.waiters and not self.background and not self.task.done():
+            self.task.cancel()
+            self.forget()
+
+    def forget(self) -> None:
+        if self.registry.get(self.entry) is self:
+            del self.registry[self.entry]
 
     async def join(self) -> Any:
         self.waiters += 1
         try:
             return await asyncio.shield(self.task)
         finally:
-            self.waiters -= 1
-            if not self.waiters and not self.background and not self.task.done():
-                self.task.cancel()
+            self.leave()
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -177,12 +196,16 @@ class Cache:
         """Invalidate every entry of ``tenant`` in every tenant-scoped namespace: one INCR."""
         await self._bump((f"{tagged('cache', 't', str(tenant))}:gen",))
 
+    async def wait_idle(self) -> None:
+        """Wait for every load and refresh running now, and those they start, to finish."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def aclose(self) -> None:
-        """Cancel background refreshes (application shutdown)."""
-        tasks = list(self._tasks)
-        for task in tasks:
+        """Cancel background refreshes and wait for the lease releases they start."""
+        for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.wait_idle()
 
     # -- internals shared by the namespaces --------------------------------
 
@@ -198,13 +221,9 @@ class Cache:
     ) -> _Flight:
         """Run ``coro`` as the shared load of ``entry`` (replacing an older one in the map)."""
         task = self._spawn(coro)
-        flight = self._flights[entry] = _Flight(task, versions, background=background)
-
-        def done(_: asyncio.Task[Any]) -> None:
-            if self._flights.get(entry) is flight:
-                del self._flights[entry]
-
-        task.add_done_callback(done)
+        flight = _Flight(task, versions, self._flights, entry, background=background)
+        self._flights[entry] = flight
+        task.add_done_callback(lambda _: flight.forget())
         return flight
 
     def _outage(self, events: Callable[[str], None], exc: StoreUnavailable) -> None:
@@ -230,6 +249,14 @@ class Cache:
         await asyncio.gather(*(self.store.run(BUMP, (k,), ()) for k in pending))
         for key in pending:
             self._pending.pop(key, None)
+
+    def _release_soon(self, lease: str) -> None:
+        """Free a cancelled load's lease from a task of its own (the canceller may not wait)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the loop is gone: the lease expires on its own
+            return
+        self._spawn(self._release(lease, failed=False))
 
     async def _release(self, lease: str, *, failed: bool) -> None:
         args = self._failed_lease if failed else (self._owner, b"0")
@@ -258,6 +285,11 @@ class Namespace(Generic[T]):
         self._count_bypass = _LOOKUPS.incrementer(name, "bypass")
         self._seconds = _LOAD_SECONDS.labels(name)
         self._beta = cache.config.beta
+
+    @property
+    def cache(self) -> Cache:
+        """The cache this namespace belongs to."""
+        return self._cache
 
     def _event(self, event: str) -> None:
         _EVENTS.incrementer(self.name, event)()
@@ -307,7 +339,25 @@ class Namespace(Generic[T]):
         keys = (entry, scope.leases + part, *scope.counters(tuple(tags)))
         if cache._bypass_until and cache._bypassed():
             return cast("T", await self._fail_open(entry, loader))
-        busy = entry in cache._flights  # this process loads it already: do not ask for the lease
+        flight = cache._flights.get(entry)
+        if flight is None:
+            return await self._read_through(entry, keys, loader, ttl, busy=False)
+        flight.waiters += 1  # interested: the load is not cancelled while this caller reads
+        try:
+            return await self._read_through(entry, keys, loader, ttl, busy=True)
+        finally:
+            flight.leave()
+
+    async def _read_through(
+        self,
+        entry: str,
+        keys: tuple[str, ...],
+        loader: Callable[[], Awaitable[T]],
+        ttl: float | None,
+        *,
+        busy: bool,  # this process loads the key already: do not ask for the lease
+    ) -> T:
+        cache = self._cache
         try:
             if cache._pending:
                 await cache._flush_pending()
@@ -444,7 +494,7 @@ class Namespace(Generic[T]):
         try:
             value = await loader()
         except asyncio.CancelledError:
-            cache._spawn(cache._release(keys[1], failed=False))
+            cache._release_soon(keys[1])
             raise
         except Exception:
             self._event("load_error")

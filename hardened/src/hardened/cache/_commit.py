@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["invalidate_after_commit"]
 
 _KEY = "hardened.cache.after_commit"
+_LISTENING = "hardened.cache.after_commit.listening"
 _log = structlog.get_logger("hardened.cache")
 
 
@@ -44,16 +45,17 @@ def _pending(session: Session) -> list[tuple[Namespace[Any], tuple[str, ...], An
     found: list[tuple[Namespace[Any], tuple[str, ...], Any]] | None = session.info.get(_KEY)
     if found is None:
         found = session.info[_KEY] = []
-        event.listen(session, "after_commit", _after_commit)
-        event.listen(session, "after_soft_rollback", _after_rollback)
+        if not session.info.get(_LISTENING):
+            # Listeners on this session only, for its lifetime (removing one while its
+            # event is being dispatched is not allowed).
+            session.info[_LISTENING] = True
+            event.listen(session, "after_commit", _after_commit)
+            event.listen(session, "after_soft_rollback", _after_rollback)
     return found
 
 
 def _after_commit(session: Session) -> None:
-    pending = session.info.pop(_KEY, None) or []
-    event.remove(session, "after_commit", _after_commit)
-    event.remove(session, "after_soft_rollback", _after_rollback)
-    for namespace, tags, tenant in pending:
+    for namespace, tags, tenant in session.info.pop(_KEY, None) or ():
         try:
             await_only(namespace.invalidate(*tags, tenant=tenant))
         except StoreUnavailable:
@@ -63,8 +65,6 @@ def _after_commit(session: Session) -> None:
 def _after_rollback(session: Session, previous_transaction: Any) -> None:
     if previous_transaction.parent is None:  # the outermost transaction: nothing committed
         session.info.pop(_KEY, None)
-        event.remove(session, "after_commit", _after_commit)
-        event.remove(session, "after_soft_rollback", _after_rollback)
 
 
 def invalidate_after_commit(

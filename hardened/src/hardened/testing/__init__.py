@@ -9,7 +9,7 @@ from hardened.testing._fields import (
     assert_text_inputs_safe,
     check_text_inputs,
 )
-from hardened.testing._redis import scratch_redis_store
+from hardened.testing._redis import PrivateRedis, scratch_redis_store
 from hardened.testing._serve import serve_app
 from hardened.testing.authorization import (
     AuthorizationFailure,
@@ -35,6 +35,7 @@ __all__ = [
     "IsolationFailure",
     "ManualClock",
     "Matrix",
+    "PrivateRedis",
     "Probe",
     "RouteKey",
     "TextInput",
