@@ -57,6 +57,7 @@ CORE = (
     "hardened.auth.permissions",
     "hardened.auth.refresh",
     "hardened.auth.websockets",
+    "hardened.cache",
     "hardened.config",
     "hardened.domains",
     "hardened.errors",
