@@ -277,7 +277,7 @@ class Namespace(Generic[T]):
         self.tenant_scoped = tenant_scoped
         self._cache = cache
         self._codec: Codec[T] = Codec(type_, compress_above=cache.config.compress_above)
-        self._scopes: dict[str, _Scope] = {}
+        self._scopes: dict[uuid.UUID | str, _Scope] = {}
         self._global = None if tenant_scoped else _Scope(tagged("cache", "g", name), name)
         self._count_hit = _LOOKUPS.incrementer(name, "hit")
         self._count_stale = _LOOKUPS.incrementer(name, "stale")
@@ -306,12 +306,12 @@ class Namespace(Generic[T]):
     def _scope(self, tenant: uuid.UUID | str | None) -> _Scope:
         if self._global is not None:
             return self._global
-        tid = str(self.tenant() if tenant is None else tenant)
-        scope = self._scopes.get(tid)
+        tid = self.tenant() if tenant is None else tenant
+        scope = self._scopes.get(tid)  # keyed by the value: str() only for a new scope
         if scope is None:
             if len(self._scopes) >= _MAX_SCOPES:
                 self._scopes.clear()
-            scope = self._scopes[tid] = _Scope(tagged("cache", "t", tid), self.name)
+            scope = self._scopes[tid] = _Scope(tagged("cache", "t", str(tid)), self.name)
         return scope
 
     # -- reading -----------------------------------------------------------
