@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from fake_crm import FakeCrm, running_fake_crm
 from hardened.testing import temporary_database
 from sf_storm import PrivateRedis
 from sf_support import ShopDatabase, client_for, make_settings
@@ -134,3 +135,10 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def fake_crm() -> AsyncIterator[FakeCrm]:
+    """A CRM fake on a free local port (each answer after 300 ms), stopped at the end."""
+    async with running_fake_crm() as crm:
+        yield crm

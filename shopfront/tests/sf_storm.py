@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,9 +32,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hardened.testing import PrivateRedis  # re-exported: the shopfront tests' name
 from sf_support import GENEROUS_LIMITS
 from shopfront.testing_probe import IN_FLIGHT_HEADER
 
@@ -359,44 +358,3 @@ async def metric_total(urls: Sequence[str], name: str, **labels: str) -> float:
                     if sample.name == name and labels.items() <= sample.labels.items()
                 )
     return total
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, so stopping it disturbs nobody else."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-                pytest.fail("redis-server is not installed", pytrace=False)
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if "PONG" in out.stdout:
-                return
-            time.sleep(0.05)
-        msg = "private redis did not start"
-        raise RuntimeError(msg)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from psycopg import sql
 
+from fake_crm import ENDPOINTS, mark_of, running_fake_crm
 from fake_sim import running_fake_sim
 from hardened.db.tenancy import TenantScoped
 from hardened.testing import Probe, assert_isolated, tenant_models_without_mixin
@@ -79,6 +80,12 @@ async def _seed_a(client: AsyncClient, app: FastAPI) -> tuple[Shop, dict[str, st
             headers=a.owner_headers,
         )
     ).json()
+    # A's catalog list and telecom catalog are cached before B asks the same paths.
+    listed = await client.get("/catalog/items", headers=h)
+    assert listed.status_code == 200, listed.text
+    for kind in ENDPOINTS:
+        read = await client.get(f"/telecom/{kind}", headers=h)
+        assert read.status_code == 200, read.text
     keys = (await client.get("/api-keys", headers=a.owner_headers)).json()["items"]
     members = (await client.get("/members", headers=a.owner_headers)).json()["items"]
     return a, {
@@ -202,6 +209,10 @@ def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Prob
             secrets=(ids["held_id"],),
         ),
         ("GET", "/shipments/{shipment_id}"): Probe(path_params={"shipment_id": ids["shipment_id"]}),
+        **{
+            ("GET", f"/telecom/{kind}"): Probe(expect="absent", secrets=(mark_of(a.tenant_id),))
+            for kind in ENDPOINTS
+        },
         ("PATCH", "/shipments/{shipment_id}"): Probe(
             path_params={"shipment_id": ids["shipment_id"]},
             json={"status": "returned", "version": 1},
@@ -212,9 +223,12 @@ def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Prob
 @pytest.mark.anyio
 async def test_every_route_isolates_tenants(shop_db: ShopDatabase) -> None:
     """Every route answers B with 404 or nothing of A's; A's rows are unchanged afterwards."""
-    async with running_fake_sim() as sim:
+    async with running_fake_sim() as sim, running_fake_crm() as crm:
         settings = make_settings(
-            shop_db.url, migration_database_url=shop_db.owner_url, sim_provider_url=sim.url
+            shop_db.url,
+            migration_database_url=shop_db.owner_url,
+            sim_provider_url=sim.url,
+            crm_url=crm.url,
         )
         app = create_app(settings)
         await _probe_all(app, shop_db)
@@ -238,8 +252,9 @@ async def _probe_all(app: FastAPI, shop_db: ShopDatabase) -> None:
             keys = (await client.get("/api-keys")).json()["items"]
             invitations = (await client.get("/invitations")).json()["items"]
     finally:
+        await app.state.shopfront.crm.aclose()
         await app.state.shopfront.db.aclose()
-    assert len(probed) == 35
+    assert len(probed) == 41
     assert [(m["id"], m["role"]) for m in members] == [(ids["owner_id"], "owner")]
     key = next(k for k in keys if k["id"] == ids["key_id"])
     assert (key["revoked_at"], key["replaced_by"]) == (None, None)
@@ -266,14 +281,16 @@ WHERE a.attname = 'tenant_id' AND c.relkind = 'r' AND c.relnamespace = 'public':
 @pytest.mark.anyio
 async def test_rls_alone_hides_foreign_rows_from_the_app_role(pg_shop_db: ShopDatabase) -> None:
     """As the app role, raw SQL with tenant A set sees no row of B in any tenant table."""
-    app = create_app(make_settings(pg_shop_db.url))
-    try:
-        async with client_for(app) as client:
-            a, _ = await _seed_a(client, app)
-            b = await new_shop(client, "beta")
-            await client.post("/orders", json=order_body(b), headers=idem(b.headers))
-    finally:
-        await app.state.shopfront.db.aclose()
+    async with running_fake_crm() as crm:
+        app = create_app(make_settings(pg_shop_db.url, crm_url=crm.url))
+        try:
+            async with client_for(app) as client:
+                a, _ = await _seed_a(client, app)
+                b = await new_shop(client, "beta")
+                await client.post("/orders", json=order_body(b), headers=idem(b.headers))
+        finally:
+            await app.state.shopfront.crm.aclose()
+            await app.state.shopfront.db.aclose()
     owner = pg_shop_db.owner_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(owner) as conn:
         tables = conn.execute(TENANT_TABLES_SQL).fetchall()

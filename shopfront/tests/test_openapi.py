@@ -226,3 +226,40 @@ async def test_docs_assets_are_the_packaged_files_served_without_network(
         refused = await client.get(f"/docs/static/{other}")
         assert refused.status_code == 404, other
         assert refused.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.anyio
+async def test_catalog_reads_document_etag_304_and_the_crm_outage(
+    client: httpx.AsyncClient,
+) -> None:
+    """Cached catalog reads declare If-None-Match, ETag on 200, a 304; CRM reads a 503 problem."""
+    schema = (await client.get("/openapi.json")).json()
+    telecom = {
+        "/telecom/plans": "array",
+        "/telecom/addons": "array",
+        "/telecom/installations": "array",
+        "/telecom/categories": "array",
+        "/telecom/metadata": "object",
+        "/telecom/availability": "array",
+    }
+    for path in [*telecom, "/catalog/items"]:
+        operation = schema["paths"][path]["get"]
+        (header,) = [p for p in operation["parameters"] if p["in"] == "header"]
+        assert header["name"] == "if-none-match"
+        assert not header.get("required", False)
+        responses = operation["responses"]
+        assert "ETag" in responses["200"]["headers"]
+        assert responses["200"]["content"]["application/json"]["schema"]
+        assert "content" not in responses["304"]
+        assert "ETag" in responses["304"]["headers"]
+        assert "`catalog:read`" in operation["description"]
+        if path in telecom:
+            assert responses["503"]["content"][PROBLEM]["schema"] == {
+                "$ref": "#/components/schemas/Problem"
+            }
+            assert "Retry-After" in responses["503"]["headers"]
+            body = responses["200"]["content"]["application/json"]["schema"]
+            kind = body.get("type") or schema["components"]["schemas"][
+                body["$ref"].rsplit("/", 1)[1]
+            ].get("type")
+            assert kind == telecom[path], path

@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from hardened.cache import Cache, CacheConfig, Tier
 from hardened.crypto import derive_key
 from hardened.db import conflict_error, unavailable_error
 from hardened.fastapi import install_problem_handlers
@@ -54,6 +55,7 @@ from hardened.ratelimit import RateLimitMiddleware
 from hardened.stores import FallbackStore, MemoryStore, RedisStore
 from shopfront import __version__, testing_probe
 from shopfront.auth import build_auth, revocation_listener, secret_value
+from shopfront.crm import Crm
 from shopfront.db import Database
 from shopfront.exactly_once import GUARDED_ROUTES, http_config
 from shopfront.housekeeping import housekeeping
@@ -71,6 +73,7 @@ from shopfront.routes import (
     members,
     orders,
     sims,
+    telecom,
     tenants,
     wallet,
 )
@@ -105,6 +108,27 @@ def _stores(settings: Settings) -> tuple[Store, Store, Any | None]:
     return redis, FallbackStore(redis, MemoryStore()), redis.client
 
 
+def _cache(settings: Settings) -> tuple[Cache, Store]:
+    """The read-through cache and its own store (a short timeout: a hung Redis costs little).
+
+    Each tier is fresh for its TTL and servable stale as long again (one refresh
+    running, or the source down).
+    """
+    store: Store = (
+        RedisStore.from_url(
+            settings.redis_url, timeout=settings.cache_redis_timeout, max_connections=20
+        )
+        if settings.redis_url
+        else MemoryStore()
+    )
+    tiers = {
+        "catalog": Tier(settings.cache_ttl_catalog, settings.cache_ttl_catalog),
+        "static": Tier(settings.cache_ttl_static, settings.cache_ttl_static),
+        "volatile": Tier(settings.cache_ttl_volatile, settings.cache_ttl_volatile),
+    }
+    return Cache(store, CacheConfig(tiers=tiers)), store
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service from settings (read from the environment when not given)."""
     settings = settings or Settings.load()
@@ -117,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     db = Database(settings)
     store, token_store, redis_client = _stores(settings)
+    cache, cache_store = _cache(settings)
     auth = build_auth(settings, token_store, store, redis_client)
     drain = Drain()
     checks = [check("database", db.ping)]
@@ -139,6 +164,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             secret_value(settings, "session_secret"), "shopfront idempotency"
         ),
         drain=drain,
+        cache=cache,
+        cache_store=cache_store,
+        crm=Crm(settings.crm_url, cache, timeout=settings.crm_timeout),
+        catalog_items=catalog.items_cache(cache),
     )
 
     app = FastAPI(
@@ -171,6 +200,7 @@ def _add_routes(app: FastAPI) -> None:
         orders.shipments,
         wallet.router,
         sims.router,
+        telecom.router,
     ):
         app.include_router(router)
 
@@ -207,6 +237,9 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
                 yield
             finally:
                 await state.sim.aclose()
+                await state.crm.aclose()
+                await state.cache.aclose()
+                await state.cache_store.aclose()
                 await state.store.aclose()
                 await state.db.aclose()
 

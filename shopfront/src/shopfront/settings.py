@@ -131,6 +131,23 @@ class Settings(HardenedSettings):
     sim_provider_timeout: float = Field(default=5.0, gt=0, le=60)
     sim_activation_price: int = Field(default=500, ge=0)
     """Credits one SIM activation costs."""
+    crm_url: str | None = None
+    """The CRM's base URL (the shops' telecom catalogs); unset, those reads answer 503
+    crm.not_configured."""
+    crm_timeout: float = Field(default=2.0, gt=0, le=60)
+    """Seconds one CRM call may take in all (connect, send, read) before it is a 503."""
+    cache_redis_timeout: float = Field(default=0.5, gt=0, le=10)
+    """Seconds a cache read or write may wait for Redis before the cache fails open (the source
+    answers) for a second. Short, so a hung Redis costs little; not shorter than the event
+    loop's lag in a burst (about 0.2 s for 200 requests arriving at once in one worker), or
+    the cache gives up exactly when it is needed."""
+    cache_ttl_catalog: float = Field(default=300.0, gt=0, le=86_400)
+    """Seconds plans, add-ons, installations and the shop's catalog list stay fresh (then as
+    long again served stale while one refresh runs, or while the source is down)."""
+    cache_ttl_static: float = Field(default=900.0, gt=0, le=86_400)
+    """Seconds categories and catalog metadata stay fresh (and as long again stale)."""
+    cache_ttl_volatile: float = Field(default=60.0, gt=0, le=86_400)
+    """Seconds availability stays fresh (and as long again stale)."""
     test_count_in_flight: bool = False
     """Test-only: each response carries ``X-Test-In-Flight``, the requests the worker had in
     progress when it came in, so storm tests prove their concurrency server-side."""

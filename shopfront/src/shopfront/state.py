@@ -1,4 +1,4 @@
-"""What the app holds for its lifetime (settings, database, stores, health)."""
+"""What the app holds for its lifetime (settings, database, stores, cache, health)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from typing import TYPE_CHECKING, cast
 from fastapi import Request
 
 if TYPE_CHECKING:
+    from hardened.cache import Cache, Namespace
     from hardened.http import Drain
     from hardened.idempotency import SqlBackend
     from hardened.ledger import Ledger
     from hardened.observability import Health
     from hardened.stores import Store
     from shopfront.auth import Auth
+    from shopfront.crm import Crm
     from shopfront.db import Database
     from shopfront.limits import Limits
     from shopfront.mailer import OutboxMailer
+    from shopfront.schemas import CatalogItemOut
     from shopfront.settings import Settings
     from shopfront.sim_provider import SimProvider
 
@@ -37,6 +40,12 @@ class AppState:
     sim: SimProvider
     idempotency_secret: bytes
     drain: Drain
+    cache: Cache
+    """Read-through cache (its own Redis store when REDIS_URL is set, else in-process)."""
+    cache_store: Store
+    """The cache's store, closed at shutdown after the cache."""
+    crm: Crm
+    catalog_items: Namespace[list[CatalogItemOut]]
 
 
 def app_state(request: Request) -> AppState:

@@ -1,0 +1,203 @@
+"""The CRM's telecom catalog of each shop, read through `hardened.cache`.
+
+Why cached: every storefront page reads plans, add-ons and availability, and
+the CRM answers in hundreds of milliseconds; a shop's catalog changes rarely.
+Each kind of read has its own tenant-scoped namespace with a typed value, so a
+cached entry comes back as the models that went in, and one shop's entry can
+never answer another's read. TTLs follow the data: plans, add-ons and
+installations tier ``catalog`` (5 min), categories and metadata ``static``
+(15 min), availability ``volatile`` (1 min); each stays servable as long again
+while one refresh runs or while the CRM is down (the tier's grace). All
+entries carry the tag ``crm``, so `Crm.invalidate` drops a shop's whole CRM
+catalog at once.
+
+Every call has one overall timeout; a timeout, a refused connection, a non-2xx
+answer or a body that is not the documented shape is `DependencyUnavailable`
+(503 ``crm.unavailable`` with ``Retry-After``), never a 500; without a CRM URL
+every read is 503 ``crm.not_configured``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import httpx
+import structlog
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from hardened.errors import DependencyUnavailable
+
+if TYPE_CHECKING:
+    import uuid
+
+    from hardened.cache import Cache, Namespace
+
+__all__ = [
+    "TAG",
+    "AddOn",
+    "Availability",
+    "CatalogMetadata",
+    "Category",
+    "Crm",
+    "Installation",
+    "Plan",
+]
+
+_log = structlog.get_logger("shopfront.crm")
+T = TypeVar("T")
+TAG = "crm"
+"""The tag every CRM entry carries: invalidating it drops a shop's whole CRM catalog."""
+
+
+class _CrmModel(BaseModel):
+    # The CRM may add fields; we keep only those we document.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Plan(_CrmModel):
+    """A mobile or broadband plan the shop sells."""
+
+    sku: str
+    name: str
+    monthly_price_cents: int
+    data_gb: int | None = None
+    contract_months: int
+
+
+class AddOn(_CrmModel):
+    """An option bookable on top of plans (``plans``: the SKUs it fits)."""
+
+    sku: str
+    name: str
+    price_cents: int
+    plans: list[str]
+
+
+class Installation(_CrmModel):
+    """An on-site installation service."""
+
+    sku: str
+    name: str
+    price_cents: int
+    duration_minutes: int
+
+
+class Category(_CrmModel):
+    """A catalog category (a tree: ``parent`` is another category's id)."""
+
+    id: str
+    name: str
+    parent: str | None = None
+
+
+class CatalogMetadata(_CrmModel):
+    """What the CRM says about the shop's catalog as a whole."""
+
+    shop_name: str
+    currency: str
+    catalog_version: str
+    updated_at: datetime
+
+
+class Availability(_CrmModel):
+    """Whether a SKU can be ordered now, and how many are in stock."""
+
+    sku: str
+    available: bool
+    stock: int
+
+
+class Crm:
+    """A small client over one pooled ``httpx.AsyncClient``, its reads cached per shop."""
+
+    def __init__(self, base_url: str | None, cache: Cache, *, timeout: float = 2.0) -> None:
+        self._base_url = base_url
+        self._client = httpx.AsyncClient(base_url=base_url or "http://crm.invalid")
+        self._timeout = httpx.Timeout(timeout)
+        self.plans_cache: Namespace[list[Plan]] = cache.namespace(
+            "crm.plans", tier="catalog", type_=list[Plan]
+        )
+        self.addons_cache: Namespace[list[AddOn]] = cache.namespace(
+            "crm.addons", tier="catalog", type_=list[AddOn]
+        )
+        self.installations_cache: Namespace[list[Installation]] = cache.namespace(
+            "crm.installations", tier="catalog", type_=list[Installation]
+        )
+        self.categories_cache: Namespace[list[Category]] = cache.namespace(
+            "crm.categories", tier="static", type_=list[Category]
+        )
+        self.metadata_cache: Namespace[CatalogMetadata] = cache.namespace(
+            "crm.metadata", tier="static", type_=CatalogMetadata
+        )
+        self.availability_cache: Namespace[list[Availability]] = cache.namespace(
+            "crm.availability", tier="volatile", type_=list[Availability]
+        )
+        self._adapters: dict[Any, TypeAdapter[Any]] = {}
+
+    async def plans(self, shop: uuid.UUID) -> list[Plan]:
+        """The shop's plans (cached 5 min by default)."""
+        return await self._read(self.plans_cache, shop, "plans", list[Plan])
+
+    async def addons(self, shop: uuid.UUID) -> list[AddOn]:
+        """The shop's add-ons (cached 5 min by default)."""
+        return await self._read(self.addons_cache, shop, "addons", list[AddOn])
+
+    async def installations(self, shop: uuid.UUID) -> list[Installation]:
+        """The shop's installation services (cached 5 min by default)."""
+        return await self._read(self.installations_cache, shop, "installations", list[Installation])
+
+    async def categories(self, shop: uuid.UUID) -> list[Category]:
+        """The shop's categories (cached 15 min by default)."""
+        return await self._read(self.categories_cache, shop, "categories", list[Category])
+
+    async def metadata(self, shop: uuid.UUID) -> CatalogMetadata:
+        """The shop's catalog metadata (cached 15 min by default)."""
+        return await self._read(self.metadata_cache, shop, "metadata", CatalogMetadata)
+
+    async def availability(self, shop: uuid.UUID) -> list[Availability]:
+        """What the shop can sell right now (cached 1 min by default)."""
+        return await self._read(self.availability_cache, shop, "availability", list[Availability])
+
+    async def invalidate(self, shop: uuid.UUID) -> None:
+        """Drop the shop's whole CRM catalog from the cache (the CRM told us it changed)."""
+        await self.plans_cache.invalidate(TAG, tenant=shop)
+
+    async def _read(self, namespace: Namespace[T], shop: uuid.UUID, what: str, type_: Any) -> T:
+        if self._base_url is None:
+            raise DependencyUnavailable(
+                "The telecom catalog is not configured.", code="crm.not_configured", retry_after=60
+            )
+
+        async def load() -> T:
+            return cast("T", await self._fetch(shop, what, type_))
+
+        # The shop is the cache's tenant and the CRM's path alike: key and data always agree.
+        return await namespace.get_or_load(what, load, tags=(TAG,), tenant=shop)
+
+    async def _fetch(self, shop: uuid.UUID, what: str, type_: Any) -> Any:
+        try:
+            resp = await self._client.get(f"/shops/{shop}/{what}", timeout=self._timeout)
+        except httpx.HTTPError as exc:
+            _log.warning("crm.unreachable", what=what, error=type(exc).__name__)
+            raise _unavailable() from None
+        if resp.status_code != 200:
+            _log.warning("crm.failed", what=what, status=resp.status_code)
+            raise _unavailable()
+        adapter = self._adapters.get(type_)
+        if adapter is None:
+            adapter = self._adapters[type_] = TypeAdapter(type_)
+        try:
+            return adapter.validate_json(resp.content)
+        except ValidationError as exc:
+            _log.warning("crm.bad_answer", what=what, errors=exc.error_count())
+            raise _unavailable() from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _unavailable() -> DependencyUnavailable:
+    return DependencyUnavailable(
+        "The CRM did not answer; retry shortly.", code="crm.unavailable", retry_after=5
+    )
