@@ -1,14 +1,14 @@
 """schemathesis over shopfront's whole OpenAPI, authenticated, against a live server.
 
-Starts ``shopfront serve`` on PostgreSQL (row-level security, the app role) and
-Redis with the rate limits raised for the run, opens a shop with its owner,
-then runs schemathesis twice with a fixed seed: once as an owner API key, once
-as the owner's access token (sign-out routes excluded there: they would end
-the session mid-run; the key run covers them). Checks: no 5xx, and every 4xx
-is problem+json with a correlation id (a hook check). Prints the operations,
-examples per operation, the share of examples that got past authentication and
-validation (any answer but 400/401/403/405/413/415/422/429), and fails on any
-finding.
+Starts the tests' CRM fake and ``shopfront serve`` on PostgreSQL (row-level
+security, the app role) and Redis with the rate limits raised for the run,
+opens a shop with its owner, then runs schemathesis twice with a fixed seed:
+once as an owner API key, once as the owner's access token (sign-out routes
+excluded there: they would end the session mid-run; the key run covers them).
+Checks: no 5xx, and every 4xx is problem+json with a correlation id (a hook
+check). Prints the operations, examples per operation, the share of examples
+that got past authentication and validation (any answer but
+400/401/403/405/413/415/422/429), and fails on any finding.
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ def _app_url(owner_url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{DEFAULT_APP_ROLE}@{parts.hostname}:{parts.port}"))
 
 
-def _serve(database: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _fake_crm(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The tests' CRM fake, so the catalog routes answer instead of a 503."""
+    argv = [sys.executable, str(ROOT / "shopfront" / "tests" / "fake_crm.py"), "--port", str(port)]
+    return subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _serve(database: str, port: int, log: Path, crm_url: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         **LIMITS,
@@ -67,6 +73,7 @@ def _serve(database: str, port: int, log: Path) -> subprocess.Popen[bytes]:
         "JWT_SECRET": secrets.token_urlsafe(48),
         "SESSION_SECRET": secrets.token_urlsafe(48),
         "COOKIE_SECRET": secrets.token_urlsafe(48),
+        "CRM_URL": crm_url,
     }
     out = log.open("wb")
     argv = [sys.executable, "-m", "shopfront", "serve", "--port", str(port)]
@@ -188,7 +195,9 @@ def main() -> int:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         work = Path(tempfile.mkdtemp(prefix="schemathesis-"))
-        proc = _serve(database, port, work / "server.log")
+        crm_port = _free_port()
+        crm = _fake_crm(crm_port, work / "crm.log")
+        proc = _serve(database, port, work / "server.log", f"http://127.0.0.1:{crm_port}")
         try:
             _wait(url, proc)
             key, token = _credentials(url)
@@ -210,6 +219,8 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            crm.terminate()
+            crm.wait(timeout=30)
         for summary in summaries:
             print(json.dumps(summary))
         errors = [

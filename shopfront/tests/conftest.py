@@ -57,8 +57,7 @@ async def app_factory() -> AsyncIterator[Callable[..., FastAPI]]:
 
     yield factory
     for app in made:
-        await app.state.shopfront.store.aclose()
-        await app.state.shopfront.db.aclose()
+        await app.state.shopfront.aclose()
 
 
 @pytest.fixture

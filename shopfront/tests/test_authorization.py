@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import select, update
 
+from fake_crm import FakeCrm
 from hardened.db.tenancy import tenant_session
 from hardened.testing import Caller, Probe, assert_authorization
 from sf_support import (
@@ -43,9 +44,13 @@ MATRIX_DOC = Path(__file__).resolve().parents[2] / "docs" / "authorization-matri
 
 
 @pytest.fixture
-async def pg_app(pg_shop_db: ShopDatabase) -> FastAPI:
-    """An app on PostgreSQL behind RLS, in-process stores."""
-    return create_app(make_settings(pg_shop_db.url, migration_database_url=pg_shop_db.owner_url))
+async def pg_app(pg_shop_db: ShopDatabase, fake_crm: FakeCrm) -> FastAPI:
+    """An app on PostgreSQL behind RLS, in-process stores, its catalog read from a local CRM."""
+    return create_app(
+        make_settings(
+            pg_shop_db.url, migration_database_url=pg_shop_db.owner_url, crm_url=fake_crm.url
+        )
+    )
 
 
 MEMBER_PASSWORD = "pw-pw-pw"
@@ -131,9 +136,9 @@ async def test_every_route_allows_exactly_the_roles_it_declares(pg_app: FastAPI)
     finally:
         await pg_app.state.shopfront.db.aclose()
     counts = matrix.counts()
-    assert len(matrix.routes) == 48
+    assert len(matrix.routes) == 54
     assert len(callers) == 8
-    assert sum(counts.values()) == 48 * 9  # eight callers and anonymous on every route
+    assert sum(counts.values()) == 54 * 9  # eight callers and anonymous on every route
     assert counts["denied"] > 0
     assert counts["unauthenticated"] > 0
     print(f"\nauthorization matrix: {len(matrix.routes)} routes x {len(callers)} callers")  # noqa: T201

@@ -236,12 +236,7 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
             try:
                 yield
             finally:
-                await state.sim.aclose()
-                await state.crm.aclose()
-                await state.cache.aclose()
-                await state.cache_store.aclose()
-                await state.store.aclose()
-                await state.db.aclose()
+                await state.aclose()
 
     return run
 

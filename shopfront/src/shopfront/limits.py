@@ -15,7 +15,7 @@ consumes neither:
 route                                              policy      key
 =================================================  ==========  ==============
 every request with a shop credential               ``tenant``  shop
-``GET /catalog/items*``                            ``catalog`` shop + caller
+``GET /catalog/items*``, ``GET /telecom/*``        ``catalog`` shop + caller
 ``POST /orders``, ``/orders/{id}/transitions``,    ``orders``  shop + caller
 ``/orders/{id}/shipments``
 ``POST /orders/import``                            ``uploads`` shop
@@ -82,6 +82,7 @@ class Limits:
         post = frozenset({"POST"})
         return (
             Rule("/catalog/items", ((self.catalog, by_caller),), methods=frozenset({"GET"})),
+            Rule("/telecom/", ((self.catalog, by_caller),), methods=frozenset({"GET"})),
             Rule("/orders$", ((self.orders, by_caller),), methods=post),
             Rule("/orders/{order_id}/transitions$", ((self.orders, by_caller),), methods=post),
             Rule("/orders/{order_id}/shipments$", ((self.orders, by_caller),), methods=post),

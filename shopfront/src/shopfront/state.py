@@ -47,6 +47,15 @@ class AppState:
     crm: Crm
     catalog_items: Namespace[list[CatalogItemOut]]
 
+    async def aclose(self) -> None:
+        """Close what the app opened, users before what they use (clients, cache, stores, db)."""
+        await self.sim.aclose()
+        await self.crm.aclose()
+        await self.cache.aclose()
+        await self.cache_store.aclose()
+        await self.store.aclose()
+        await self.db.aclose()
+
 
 def app_state(request: Request) -> AppState:
     """Dependency: the app's long-lived state."""
