@@ -92,6 +92,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "sqlite": _SQL,
     "fastapi": ("hardened.fastapi", "hardened.openapi"),
     "auth": ("hardened.auth.passwords", "hardened.auth.tokens", "hardened.crypto"),
+    "outbound": ("hardened.outbound",),
     "all": (),
 }
 FLAVOURS = ("bare", *MODULES)

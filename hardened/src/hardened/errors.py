@@ -47,11 +47,18 @@ one dot, no hyphens), so clients can match codes without normalising them::
     └── ServiceUnavailable (503 service.unavailable)
         ├── DependencyUnavailable (503 dependency.unavailable)
         │   ├── StoreUnavailable (503 store.unavailable)
-        │   └── DatabaseUnavailable (503 db.unavailable)                 db
-        │       ├── ConnectionLost (503 db.connection_lost)              db
-        │       ├── DatabaseLocked (503 db.locked)                       db
-        │       ├── PoolExhausted (503 db.pool_exhausted)                db
-        │       └── StatementTimeout (503 db.statement_timeout)          db
+        │   ├── DatabaseUnavailable (503 db.unavailable)                 db
+        │   │   ├── ConnectionLost (503 db.connection_lost)              db
+        │   │   ├── DatabaseLocked (503 db.locked)                       db
+        │   │   ├── PoolExhausted (503 db.pool_exhausted)                db
+        │   │   └── StatementTimeout (503 db.statement_timeout)          db
+        │   └── OutboundRefused (503 outbound.refused)                   outbound
+        │       ├── AttemptTimedOut (503 outbound.timeout)               outbound
+        │       ├── BreakerOpen (503 outbound.breaker_open)              outbound
+        │       ├── BulkheadFull (503 outbound.bulkhead_full)            outbound
+        │       ├── CapExceeded (503 outbound.capped)                    outbound
+        │       ├── DeadlineExceeded (503 outbound.deadline_exceeded)    outbound
+        │       └── UpstreamAuthFailed (503 outbound.auth_failed)        outbound
         ├── MaintenanceMode (503 service.maintenance)
         └── Overloaded (503 service.overloaded)                          http
 
