@@ -5,7 +5,12 @@ answers after ``delay`` seconds (an ``asyncio.sleep``, so concurrent requests
 overlap as they would against a real CRM) with that shop's catalog: made up
 from the shop id, so two shops' data always differ, or set in ``catalogs``.
 Every request is counted per endpoint and per shop, so a test can tell how
-many reads the cache saved. ``down`` answers 503, ``hang`` never answers.
+many reads the cache saved. ``down`` answers 503, ``hang`` never answers,
+``status`` answers that status (with ``retry_after`` as ``Retry-After``),
+``reset`` drops the connection without an answer. With ``require_token``
+every read needs the bearer token ``POST /oauth/token`` issued last
+(client credentials ``shopfront``/``crm-secret``); `expire_token` ends that
+session, so the next read is a 401 until the client fetches a new token.
 
 Run as a script (``python shopfront/tests/fake_crm.py --port 8099``) it serves
 the same catalogs for a live server (e.g. a schemathesis run with CRM_URL).
@@ -97,7 +102,29 @@ class FakeCrm:
     """Requests per endpoint (every request, answered or not)."""
     calls_by_shop: Counter[tuple[str, str]] = field(default_factory=Counter)
     """Requests per (shop id, endpoint)."""
+    status: int | None = None
+    retry_after: str | None = None
+    reset: bool = False
+    require_token: bool = False
+    tokens_issued: int = 0
+    current_token: str | None = None
+    rejected: int = 0
+    """Reads answered 401 (no token, or not the current one)."""
+    in_progress: int = 0
+    max_in_progress: int = 0
     url: str = ""
+
+    def expire_token(self) -> None:
+        """End the current upstream session: its token is refused from now on."""
+        self.current_token = None
+
+    async def issue_token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if (form.get("client_id"), form.get("client_secret")) != ("shopfront", "crm-secret"):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        self.tokens_issued += 1
+        self.current_token = f"crm-token-{self.tokens_issued}"
+        return web.json_response({"access_token": self.current_token, "expires_in": 720})
 
     @property
     def total(self) -> int:
@@ -110,12 +137,32 @@ class FakeCrm:
             return web.json_response({"error": "unknown endpoint"}, status=404)
         self.calls[what] += 1
         self.calls_by_shop[shop, what] += 1
+        self.in_progress += 1
+        self.max_in_progress = max(self.max_in_progress, self.in_progress)
+        try:
+            return await self._answer(request, shop, what)
+        finally:
+            self.in_progress -= 1
+
+    async def _answer(self, request: web.Request, shop: str, what: str) -> web.Response:
+        if self.require_token:
+            sent = request.headers.get("authorization", "")
+            if self.current_token is None or sent != f"Bearer {self.current_token}":
+                self.rejected += 1
+                return web.json_response({"error": "session expired"}, status=401)
         if self.hang:
             await asyncio.sleep(3600)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.reset:
+            assert request.transport is not None
+            request.transport.close()
+            return web.json_response({}, status=500)
         if self.down:
             return web.json_response({"error": "maintenance"}, status=503)
+        if self.status is not None:
+            headers = {"retry-after": self.retry_after} if self.retry_after else {}
+            return web.json_response({"error": "fault"}, status=self.status, headers=headers)
         catalog = {**catalog_for(shop), **self.catalogs.get(shop, {})}
         return web.json_response(catalog[what])
 
@@ -123,6 +170,7 @@ class FakeCrm:
 def _app(fake: FakeCrm) -> web.Application:
     app = web.Application()
     app.router.add_get("/shops/{shop_id}/{what}", fake.handle)
+    app.router.add_post("/oauth/token", fake.issue_token)
     return app
 
 

@@ -105,10 +105,13 @@ async def test_activation_runs_once_and_replays(shop_db: ShopDatabase) -> None:
     }
 
 
-async def test_provider_outage_is_503_and_the_retry_resumes(shop_db: ShopDatabase) -> None:
+async def test_provider_outage_is_503_and_the_retry_resumes(
+    shop_db: ShopDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Provider 500 then timeout → 503 with the hold kept; the retry activates and charges once."""
+    monkeypatch.setenv("SIM_QUEUE_TIMEOUT_MS", "500")
     async with running_fake_sim() as sim:
-        app = _app(shop_db, sim, sim_provider_timeout=0.5)
+        app = _app(shop_db, sim)
         async with client_for(app) as client:
             shop = await new_shop(client)
             await fund(app, shop, 1000)
@@ -127,9 +130,9 @@ async def test_provider_outage_is_503_and_the_retry_resumes(shop_db: ShopDatabas
             done = await client.post("/sims/activations", json=_activation(iccid), headers=headers)
             books = await _books(app, shop)
         await app.state.shopfront.db.aclose()
-    for resp in (failed, timed_out):
+    for resp, code in ((failed, "sim.provider_unavailable"), (timed_out, "outbound.timeout")):
         assert resp.status_code == 503
-        assert resp.json()["code"] == "sim.provider_unavailable"
+        assert resp.json()["code"] == code
         assert int(resp.headers["retry-after"]) >= 1
     assert held["reserved"] == PRICE
     assert done.status_code == 201, done.text

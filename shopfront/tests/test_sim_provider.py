@@ -4,15 +4,22 @@ import pytest
 
 from fake_sim import running_fake_sim
 from hardened.errors import DependencyUnavailable
+from hardened.outbound import BulkheadConfig, Governor, GovernorConfig, LaneConfig
 from shopfront.sim_provider import SimProvider, SimRefused
 
 pytestmark = pytest.mark.anyio
 
 
+def _governor(timeout: float) -> Governor:
+    """The ``sim`` governor with one attempt of ``timeout`` seconds (no retries, no cap)."""
+    lane = LaneConfig(BulkheadConfig(), timeout=timeout, deadline=timeout)
+    return Governor(GovernorConfig("sim", lane=lane, cap=None))
+
+
 async def test_same_key_names_the_same_activation() -> None:
     """A repeated call with one key returns the first activation; the provider activated once."""
     async with running_fake_sim() as fake:
-        client = SimProvider(fake.url, timeout=2)
+        client = SimProvider(fake.url, _governor(2))
         first = await client.activate(iccid="8981", plan="basic", idempotency_key="k1")
         again = await client.activate(iccid="8981", plan="basic", idempotency_key="k1")
         await client.aclose()
@@ -25,7 +32,7 @@ async def test_outages_are_503_and_refusals_422() -> None:
     async with running_fake_sim() as fake:
         # One second, not less: a shorter deadline also catches loop lag on a
         # loaded CI machine and turns the final 4xx into a spurious timeout.
-        client = SimProvider(fake.url, timeout=1.0)
+        client = SimProvider(fake.url, _governor(1.0))
         fake.fail_next = 1
         with pytest.raises(DependencyUnavailable) as failed:
             await client.activate(iccid="1", plan="p", idempotency_key="k")
@@ -42,7 +49,7 @@ async def test_outages_are_503_and_refusals_422() -> None:
 
 async def test_unconfigured_provider_is_503() -> None:
     """Without a provider URL activation is a clear 503, not a crash."""
-    client = SimProvider(None)
+    client = SimProvider(None, _governor(1.0))
     with pytest.raises(DependencyUnavailable) as refused:
         await client.activate(iccid="1", plan="p", idempotency_key="k")
     await client.aclose()

@@ -64,6 +64,7 @@ from shopfront.limits import build_limits, by_shop
 from shopfront.mailer import OutboxMailer
 from shopfront.models import IDEMPOTENCY, LEDGER
 from shopfront.openapi import install_docs
+from shopfront.outbound import build_governors
 from shopfront.permissions import public
 from shopfront.routes import (
     api_keys,
@@ -129,6 +130,12 @@ def _cache(settings: Settings) -> tuple[Cache, Store]:
     return Cache(store, CacheConfig(tiers=tiers)), store
 
 
+def _crm_credentials(settings: Settings) -> tuple[str, str] | None:
+    if settings.crm_client_id is None or settings.crm_client_secret is None:
+        return None
+    return settings.crm_client_id, settings.crm_client_secret
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service from settings (read from the environment when not given)."""
     settings = settings or Settings.load()
@@ -142,9 +149,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     db = Database(settings)
     store, token_store, redis_client = _stores(settings)
     cache, cache_store = _cache(settings)
+    governors = build_governors(store)
     auth = build_auth(settings, token_store, store, redis_client)
     drain = Drain()
-    checks = [check("database", db.ping)]
+    checks = [check("database", db.ping), *governors.health_checks()]
     if settings.redis_url:
         # Without Redis the service still serves (degraded) unless tokens require it.
         critical = settings.auth_require_redis_for_tokens
@@ -159,15 +167,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits=build_limits(settings, store),
         ledger=Ledger(LEDGER),
         idempotency=SqlBackend(db.records, IDEMPOTENCY),
-        sim=SimProvider(settings.sim_provider_url, timeout=settings.sim_provider_timeout),
+        sim=SimProvider(settings.sim_provider_url, governors["sim"]),
         idempotency_secret=derive_key(
             secret_value(settings, "session_secret"), "shopfront idempotency"
         ),
         drain=drain,
         cache=cache,
         cache_store=cache_store,
-        crm=Crm(settings.crm_url, cache, timeout=settings.crm_timeout),
+        crm=Crm(settings.crm_url, cache, governors["crm"], credentials=_crm_credentials(settings)),
         catalog_items=catalog.items_cache(cache),
+        governors=governors,
     )
 
     app = FastAPI(

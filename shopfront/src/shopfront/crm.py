@@ -11,10 +11,12 @@ while one refresh runs or while the CRM is down (the tier's grace). All
 entries carry the tag ``crm``, so `Crm.invalidate` drops a shop's whole CRM
 catalog at once.
 
-Every call has one overall timeout; a timeout, a refused connection, a non-2xx
-answer or a body that is not the documented shape is `DependencyUnavailable`
-(503 ``crm.unavailable`` with ``Retry-After``), never a 500; without a CRM URL
-every read is 503 ``crm.not_configured``.
+Every call goes through the ``crm`` governor (attempt timeout, deadline,
+retries of these idempotent GETs, breaker, shared cap, bulkhead). A refused
+connection, a timeout, a non-2xx answer or a body that is not the
+documented shape is `DependencyUnavailable` (503 ``crm.unavailable`` with
+``Retry-After``), a refusal of the governor is its own 503 ``outbound.*``,
+never a 500; without a CRM URL every read is 503 ``crm.not_configured``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import structlog
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from hardened.errors import DependencyUnavailable
+from hardened.outbound import GovernedTransport, Governor, Token, UpstreamAuth
 
 if TYPE_CHECKING:
     import uuid
+    from collections.abc import Awaitable, Callable
 
     from hardened.cache import Cache, Namespace
 
@@ -111,10 +115,32 @@ class Availability(_CrmModel):
 class Crm:
     """A small client over one pooled ``httpx.AsyncClient``, its reads cached per shop."""
 
-    def __init__(self, base_url: str | None, cache: Cache, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        base_url: str | None,
+        cache: Cache,
+        governor: Governor,
+        *,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self._base_url = base_url
-        self._client = httpx.AsyncClient(base_url=base_url or "http://crm.invalid")
-        self._timeout = httpx.Timeout(timeout)
+        base = base_url or "http://crm.invalid"
+        # Token requests are calls to the CRM too: the same governor guards them.
+        # httpx's timeouts match the attempt timeout; the governor also bounds the whole call.
+        timeout = httpx.Timeout(governor.config.lane.timeout)
+        self._token_client = httpx.AsyncClient(
+            base_url=base, transport=GovernedTransport(governor), timeout=timeout
+        )
+        auth = None
+        if credentials is not None:
+            auth = UpstreamAuth("crm", self._token_fetcher(*credentials), governor.config.token)
+        self.auth = auth
+        self._client = httpx.AsyncClient(
+            base_url=base,
+            transport=GovernedTransport(governor),
+            auth=auth,
+            timeout=timeout,
+        )
         self.plans_cache: Namespace[list[Plan]] = cache.namespace(
             "crm.plans", tier="catalog", type_=list[Plan]
         )
@@ -177,7 +203,7 @@ class Crm:
 
     async def _fetch(self, shop: uuid.UUID, what: str, type_: Any) -> Any:
         try:
-            resp = await self._client.get(f"/shops/{shop}/{what}", timeout=self._timeout)
+            resp = await self._client.get(f"/shops/{shop}/{what}")
         except httpx.HTTPError as exc:
             _log.warning("crm.unreachable", what=what, error=type(exc).__name__)
             raise _unavailable() from None
@@ -193,8 +219,21 @@ class Crm:
             _log.warning("crm.bad_answer", what=what, errors=exc.error_count())
             raise _unavailable() from None
 
+    def _token_fetcher(self, client_id: str, secret: str) -> Callable[[], Awaitable[Token]]:
+        """The client-credentials grant (any failure becomes `UpstreamAuthFailed`)."""
+        form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+
+        async def fetch() -> Token:
+            resp = await self._token_client.post("/oauth/token", data=form)
+            resp.raise_for_status()
+            body = resp.json()
+            return Token(str(body["access_token"]), float(body.get("expires_in") or 0) or None)
+
+        return fetch
+
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._token_client.aclose()
 
 
 def _unavailable() -> DependencyUnavailable:

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from hardened.config import Check, HardenedSettings
+from shopfront.outbound import governor_checks
 
 __all__ = ["DEV_SECRETS_FILE", "Settings", "async_database_url"]
 
@@ -128,14 +129,17 @@ class Settings(HardenedSettings):
     """Seconds between sweeps of expired holds and idempotency records (0: off)."""
     sim_provider_url: str | None = None
     """The SIM provider's base URL; unset, activation answers 503 sim.not_configured."""
-    sim_provider_timeout: float = Field(default=5.0, gt=0, le=60)
     sim_activation_price: int = Field(default=500, ge=0)
     """Credits one SIM activation costs."""
     crm_url: str | None = None
     """The CRM's base URL (the shops' telecom catalogs); unset, those reads answer 503
     crm.not_configured."""
-    crm_timeout: float = Field(default=2.0, gt=0, le=60)
-    """Seconds one CRM call may take in all (connect, send, read) before it is a 503."""
+    crm_client_id: str | None = None
+    """With ``CRM_CLIENT_SECRET``: the CRM wants a bearer token from ``POST /oauth/token``
+    (client credentials), kept for ``CRM_TOKEN_TTL_MS`` and renewed on a session expiry."""
+    crm_client_secret: str | None = Field(default=None, repr=False)
+    """The CRM's client secret: its own format, so not held to the service's secret rules
+    (those are for keys this service makes); never shown (repr, logs redact ``*secret*``)."""
     cache_redis_timeout: float = Field(default=0.5, gt=0, le=10)
     """Seconds a cache read or write may wait for Redis before the cache fails open (the source
     answers) for a second. Short, so a hung Redis costs little; not shorter than the event
@@ -235,4 +239,5 @@ class Settings(HardenedSettings):
             Check("HSTS is on", self.hsts, "HSTS=true behind TLS"),
             Check("cookies are Secure", self.cookies_secure, "COOKIE_SECURE=true (the default)"),
             Check("ALLOWED_HOSTS is explicit", "*" not in self.allowed_hosts, "no wildcard host"),
+            *governor_checks(),
         ]

@@ -4,9 +4,12 @@ Why the key: the activation flow checkpoints *after* the provider answers, so a
 crash between the provider's answer and the checkpoint repeats the call on
 retry. The provider deduplicates on ``Idempotency-Key`` (derived from the
 shop's own key), so the repeat returns the first activation instead of
-activating twice. Every call has one overall timeout; a timeout, a refused
-connection or a 5xx is `DependencyUnavailable` (503, retry later with the
-same key), a 4xx is the provider refusing this SIM (422, final).
+activating twice, and so the ``sim`` governor may retry the call itself
+(within its deadline and retry budget). A refused connection, a timeout or
+a 5xx after the retries is `DependencyUnavailable` (503, retry later with
+the same key), as is any refusal of the governor (503 ``outbound.*``:
+breaker open, cap, bulkhead); a 4xx is the provider refusing this SIM (422,
+final).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import httpx
 import structlog
 
 from hardened.errors import DependencyUnavailable, ValidationFailed
+from hardened.outbound import GovernedTransport, Governor
 
 __all__ = ["Activation", "SimProvider", "SimRefused"]
 
@@ -36,12 +40,16 @@ class Activation:
 
 
 class SimProvider:
-    """A small client over one pooled ``httpx.AsyncClient``."""
+    """A small client over one pooled ``httpx.AsyncClient`` governed by the ``sim`` governor."""
 
-    def __init__(self, base_url: str | None, *, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str | None, governor: Governor) -> None:
         self._base_url = base_url
-        self._client = httpx.AsyncClient(base_url=base_url or "http://sim-provider.invalid")
-        self._timeout = httpx.Timeout(timeout)
+        self._client = httpx.AsyncClient(
+            base_url=base_url or "http://sim-provider.invalid",
+            transport=GovernedTransport(governor),
+            # httpx's timeouts match the attempt timeout; the governor also bounds the whole call.
+            timeout=httpx.Timeout(governor.config.lane.timeout),
+        )
 
     async def activate(self, *, iccid: str, plan: str, idempotency_key: str) -> Activation:
         """Activate ``iccid`` on ``plan``; the same key always names the same activation."""
@@ -54,7 +62,6 @@ class SimProvider:
                 "/activations",
                 json={"iccid": iccid, "plan": plan},
                 headers={"idempotency-key": idempotency_key},
-                timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
             _log.warning("sim_provider.unreachable", error=type(exc).__name__)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from hardened.idempotency import SqlBackend
     from hardened.ledger import Ledger
     from hardened.observability import Health
+    from hardened.outbound import Governors
     from hardened.stores import Store
     from shopfront.auth import Auth
     from shopfront.crm import Crm
@@ -46,6 +47,8 @@ class AppState:
     """The cache's store, closed at shutdown after the cache."""
     crm: Crm
     catalog_items: Namespace[list[CatalogItemOut]]
+    governors: Governors
+    """One governor per outbound dependency (``crm``, ``sim``, ``billing``, ``sms``)."""
 
     async def aclose(self) -> None:
         """Close what the app opened, users before what they use (clients, cache, stores, db)."""
