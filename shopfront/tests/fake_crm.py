@@ -7,7 +7,9 @@ from the shop id, so two shops' data always differ, or set in ``catalogs``.
 Every request is counted per endpoint and per shop, so a test can tell how
 many reads the cache saved. ``down`` answers 503, ``hang`` never answers,
 ``status`` answers that status (with ``retry_after`` as ``Retry-After``),
-``reset`` drops the connection without an answer. With ``require_token``
+``reset`` drops the connection without an answer; with ``fail_times`` set,
+those three faults hit only that many more reads, then the fake recovers
+(a fault that clears itself). With ``require_token``
 every read needs the bearer token ``POST /oauth/token`` issued last
 (client credentials ``shopfront``/``crm-secret``); `expire_token` ends that
 session, so the next read is a 401 until the client fetches a new token.
@@ -105,6 +107,8 @@ class FakeCrm:
     status: int | None = None
     retry_after: str | None = None
     reset: bool = False
+    fail_times: int | None = None
+    """When set, ``reset``, ``down`` and ``status`` answer only this many more reads."""
     require_token: bool = False
     tokens_issued: int = 0
     current_token: str | None = None
@@ -144,6 +148,17 @@ class FakeCrm:
         finally:
             self.in_progress -= 1
 
+    def _faulty(self) -> bool:
+        """Whether this read gets the fault switched on (counting it against ``fail_times``)."""
+        if not (self.reset or self.down or self.status is not None):
+            return False
+        if self.fail_times is None:
+            return True
+        if self.fail_times <= 0:
+            return False
+        self.fail_times -= 1
+        return True
+
     async def _answer(self, request: web.Request, shop: str, what: str) -> web.Response:
         if self.require_token:
             sent = request.headers.get("authorization", "")
@@ -154,15 +169,16 @@ class FakeCrm:
             await asyncio.sleep(3600)
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.reset:
-            assert request.transport is not None
-            request.transport.close()
-            return web.json_response({}, status=500)
-        if self.down:
-            return web.json_response({"error": "maintenance"}, status=503)
-        if self.status is not None:
-            headers = {"retry-after": self.retry_after} if self.retry_after else {}
-            return web.json_response({"error": "fault"}, status=self.status, headers=headers)
+        if self._faulty():
+            if self.reset:
+                assert request.transport is not None
+                request.transport.close()
+                return web.json_response({}, status=500)
+            if self.down:
+                return web.json_response({"error": "maintenance"}, status=503)
+            if self.status is not None:
+                headers = {"retry-after": self.retry_after} if self.retry_after else {}
+                return web.json_response({"error": "fault"}, status=self.status, headers=headers)
         catalog = {**catalog_for(shop), **self.catalogs.get(shop, {})}
         return web.json_response(catalog[what])
 

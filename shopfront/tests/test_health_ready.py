@@ -18,12 +18,13 @@ async def _ready(app: FastAPI) -> tuple[int, dict[str, object]]:
 
 @pytest.mark.anyio
 async def test_ready_checks_postgres_and_redis(postgres_url: str, redis_url: str) -> None:
-    """On PostgreSQL and Redis, readiness probes both and reports ok."""
+    """On PostgreSQL and Redis, readiness probes both (and each outbound breaker): ok."""
     await upgrade_async(postgres_url)
     status, body = await _ready(create_app(make_settings(postgres_url, redis_url=redis_url)))
     assert status == 200
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "redis"}  # type: ignore[arg-type]
+    outbound = {f"outbound.{name}" for name in ("crm", "sim", "billing", "sms")}
+    assert set(body["checks"]) == {"database", "redis", *outbound}  # type: ignore[arg-type]
 
 
 @pytest.mark.anyio

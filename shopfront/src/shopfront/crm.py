@@ -126,8 +126,8 @@ class Crm:
         self._base_url = base_url
         base = base_url or "http://crm.invalid"
         # Token requests are calls to the CRM too: the same governor guards them.
-        # httpx's timeouts match the attempt timeout; the governor also bounds the whole call.
-        timeout = httpx.Timeout(governor.config.lane.timeout)
+        # httpx's timeouts a second past the attempt's, so the governor's (typed) fires first.
+        timeout = httpx.Timeout(governor.config.lane.timeout + 1)
         self._token_client = httpx.AsyncClient(
             base_url=base, transport=GovernedTransport(governor), timeout=timeout
         )

@@ -10,7 +10,8 @@ store (Redis when ``REDIS_URL`` is set).
 Defaults beyond the library's (15 at once, 300 a minute, 30 s per attempt,
 a long-running lane of 22 with 10 min): the CRM serves page reads, so an
 attempt gets 2 s and a call 5 s in all (stale cache entries cover the
-rest); a SIM activation gets 5 s per attempt and 15 s in all (it carries an
+rest), and its cap is the CRM's 600 a minute with a burst of 30 (a cold
+page makes six reads at once); a SIM activation gets 5 s per attempt and 15 s in all (it carries an
 idempotency key, so it may be retried); billing and the SMS gateway keep the
 library's defaults.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hardened.config import Check
-from hardened.outbound import BulkheadConfig, GovernorConfig, Governors, LaneConfig
+from hardened.outbound import BulkheadConfig, CapConfig, GovernorConfig, Governors, LaneConfig
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -31,7 +32,10 @@ __all__ = ["DEPENDENCIES", "build_governors", "governor_checks"]
 
 #: Each dependency's defaults (the environment overrides them).
 DEPENDENCIES: Mapping[str, Mapping[str, object]] = {
-    "crm": {"lane": LaneConfig(BulkheadConfig(), timeout=2.0, deadline=5.0)},
+    "crm": {
+        "lane": LaneConfig(BulkheadConfig(), timeout=2.0, deadline=5.0),
+        "cap": CapConfig(calls=600, period=60.0, burst=30),
+    },
     "sim": {"lane": LaneConfig(BulkheadConfig(), timeout=5.0, deadline=15.0)},
     "billing": {},
     "sms": {},

@@ -47,8 +47,8 @@ class SimProvider:
         self._client = httpx.AsyncClient(
             base_url=base_url or "http://sim-provider.invalid",
             transport=GovernedTransport(governor),
-            # httpx's timeouts match the attempt timeout; the governor also bounds the whole call.
-            timeout=httpx.Timeout(governor.config.lane.timeout),
+            # httpx's timeouts a second past the attempt's, so the governor's (typed) fires first.
+            timeout=httpx.Timeout(governor.config.lane.timeout + 1),
         )
 
     async def activate(self, *, iccid: str, plan: str, idempotency_key: str) -> Activation:

@@ -125,6 +125,10 @@ class BreakerConfig:
 class CapConfig:
     """At most ``calls`` per ``period`` for the dependency, plus ``burst`` at once.
 
+    ``burst`` defaults to the default lane's concurrency (15): without it the
+    cap spaces calls strictly (one every 200 ms at 300 a minute), so a page
+    making six calls at once would wait a second for its slots.
+
     Shared by every process through one store script on the server's clock
     (GCRA: a call reserves the next slot and waits for it). A call waits at
     most ``max_wait`` (and never past its deadline) for its slot, else it is
@@ -134,7 +138,7 @@ class CapConfig:
 
     calls: int = 300
     period: float = 60.0
-    burst: int = 0
+    burst: int = 15
     max_wait: float = 10.0
     fail_open: bool = True
 
@@ -234,7 +238,10 @@ class GovernorConfig:
         try:
             return _apply(base, values)
         except ValueError as exc:
-            raise ValueError(f"{prefix}_*: {exc}") from None
+            # Name the variable: the first one that fails on its own.
+            culprit = next((key for key in values if not _valid(base, {key: values[key]})), None)
+            where = f"{prefix}_{culprit}" if culprit else f"{prefix}_*"
+            raise ValueError(f"{where}: {exc}") from None
 
     def describe(self) -> dict[str, object]:
         """The effective settings by environment variable name (for ``check`` commands)."""
@@ -283,6 +290,14 @@ ENV_VARIABLES: Mapping[str, Literal["int", "float"]] = {
     "TOKEN_TTL_MS": "float",
     "TOKEN_REFRESH_BUFFER_MS": "float",
 }
+
+
+def _valid(base: GovernorConfig, values: Mapping[str, float]) -> bool:
+    try:
+        _apply(base, values)
+    except ValueError:
+        return False
+    return True
 
 
 def _apply(base: GovernorConfig, v: Mapping[str, float]) -> GovernorConfig:

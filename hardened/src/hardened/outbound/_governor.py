@@ -190,8 +190,8 @@ class Governor:
 
         def wait_for(exc: Exception) -> bool | float:
             nonlocal made
-            if not isinstance(exc, _Retry):
-                return False
+            if not isinstance(exc, _Retry) or made + 1 >= retry.attempts:
+                return False  # stamina asks before it checks its own attempt limit
             made += 1
             wait = backoff(retry, made)
             if exc.retry_after is not None:
