@@ -620,6 +620,24 @@ async def _smoke_auth() -> str:
     return "password hash/verify, token issue/verify, derive_key"
 
 
+async def _smoke_outbound() -> str:
+    import httpx
+
+    from hardened.outbound import GovernedTransport, Governor, GovernorConfig, RetryConfig
+
+    answers = [503, 200]
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(answers.pop(0))
+
+    config = GovernorConfig("smoke", retry=RetryConfig(base=0.001, cap=0.002), cap=None)
+    transport = GovernedTransport(Governor(config), httpx.MockTransport(provider))
+    async with httpx.AsyncClient(transport=transport, base_url="http://provider.test") as client:
+        response = await client.get("/x")
+    _expect(response.status_code == 200 and not answers, "503 retried, then 200")
+    return "governed GET retried through stamina"
+
+
 SMOKES: dict[str, Callable[[], Awaitable[str]]] = {
     "bare": _smoke_bare,
     "redis": _smoke_redis,
@@ -627,6 +645,7 @@ SMOKES: dict[str, Callable[[], Awaitable[str]]] = {
     "sqlite": _smoke_sqlite,
     "fastapi": _smoke_fastapi,
     "auth": _smoke_auth,
+    "outbound": _smoke_outbound,
 }
 
 

@@ -111,7 +111,7 @@ class GovernedTransport(httpx.AsyncBaseTransport):
 
         async def attempt() -> httpx.Response:
             response = await inner.handle_async_request(request)
-            if stream:
+            if stream or response.is_stream_consumed:  # asked to stream, or already in memory
                 return response
             try:
                 raw = b"".join([chunk async for chunk in response.aiter_raw()])
