@@ -137,14 +137,6 @@ class Governor:
         """The bulkhead of a lane (its counts: in flight, queued)."""
         return self._lanes[name].bulkhead
 
-    @property
-    def idle(self) -> bool:
-        """Nothing in flight or queued in any lane (safe to drop a dynamic governor)."""
-        return all(
-            lane.bulkhead.in_flight == 0 and lane.bulkhead.queued == 0
-            for lane in self._lanes.values()
-        )
-
     async def call(
         self,
         fn: Callable[[], Awaitable[T]],

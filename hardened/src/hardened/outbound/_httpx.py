@@ -58,11 +58,10 @@ def traceparent(correlation_id: str | None) -> str:
 
 
 def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
+    return all(c in _HEX for c in text)
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class GovernedTransport(httpx.AsyncBaseTransport):
