@@ -14,7 +14,7 @@ try:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 except ModuleNotFoundError as exc:
-    raise missing_extra("hardened.crypto", "auth") from exc
+    raise missing_extra("hardened.crypto", "crypto", "auth") from exc
 
 __all__ = ["derive_key"]
 
