@@ -40,6 +40,12 @@ one dot, no hyphens), so clients can match codes without normalising them::
     ├── RateLimited (429 ratelimit.exceeded)
     │   └── QuotaExceeded (429 ratelimit.quota_exceeded)                 ratelimit
     ├── CrossTenantWrite (500 tenant.cross_tenant_write)                 db
+    ├── CryptoError (500 crypto.error)                                   crypto
+    │   ├── DecryptionFailed (500 crypto.decryption_failed)              crypto
+    │   ├── KeyDestroyed (500 crypto.key_destroyed)                      crypto
+    │   ├── MalformedCiphertext (500 crypto.malformed)                   crypto
+    │   ├── PlaintextRefused (500 crypto.plaintext_refused)              crypto
+    │   └── UnknownKey (500 crypto.unknown_key)                          crypto
     ├── IdempotencyUnguarded (500 idempotency.unguarded)                 idempotency
     ├── TenantContextMissing (500 tenant.context_missing)
     ├── UnscopedBulkWrite (500 tenant.unscoped_bulk_write)               db

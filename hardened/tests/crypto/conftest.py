@@ -1,4 +1,4 @@
-"""Fixtures for the crypto tests: a fresh PostgreSQL database or SQLite file with the test schema."""
+"""Crypto test fixtures: a fresh PostgreSQL database or SQLite file with the test schema."""
 
 from __future__ import annotations
 

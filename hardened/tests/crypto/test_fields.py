@@ -6,9 +6,9 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-from crypto_models import A, B, K1, K2, Kyc, crypto, sessions
+from crypto_models import K1, K2, A, B, Kyc, crypto, sessions
 from sqlalchemy import select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from hardened.crypto import (
     DecryptionFailed,
@@ -30,7 +30,9 @@ NATIONAL = "1234 5678 9012"
 BANK = "GB29NWBK60161331926819"
 
 
-async def _add(engine: AsyncEngine, tenant: uuid.UUID, national: str, bank: str | None) -> uuid.UUID:
+async def _add(
+    engine: AsyncEngine, tenant: uuid.UUID, national: str, bank: str | None
+) -> uuid.UUID:
     async with tenant_session(sessions(engine), tenant) as s, s.begin():
         row = Kyc(name="n", national_id=national, bank_account=bank)
         s.add(row)
@@ -92,7 +94,11 @@ async def test_a_ciphertext_moved_to_another_cell_does_not_decrypt(
     if where == "other-column":
         statement, victim, tenant = _copy(src, src, "national_id_ct", "bank_account_ct"), src, A
     else:
-        statement, victim, tenant = _copy(src, dst, "national_id_ct", "national_id_ct"), dst, dst_tenant
+        statement, victim, tenant = (
+            _copy(src, dst, "national_id_ct", "national_id_ct"),
+            dst,
+            dst_tenant,
+        )
     async with engine.begin() as conn:
         await conn.execute(statement)  # type: ignore[call-overload]
     with pytest.raises(DecryptionFailed):
@@ -101,8 +107,12 @@ async def test_a_ciphertext_moved_to_another_cell_does_not_decrypt(
 
 async def _tamper(engine: AsyncEngine, row_id: uuid.UUID, edit: object) -> None:
     async with engine.begin() as conn:
-        value = (await conn.execute(select(T.c.national_id_ct).where(T.c.id == row_id))).scalar_one()
-        await conn.execute(update(T).where(T.c.id == row_id).values(national_id_ct=edit(bytes(value))))  # type: ignore[operator]
+        value = (
+            await conn.execute(select(T.c.national_id_ct).where(T.c.id == row_id))
+        ).scalar_one()
+        await conn.execute(
+            update(T).where(T.c.id == row_id).values(national_id_ct=edit(bytes(value)))
+        )  # type: ignore[operator]
 
 
 def _flip(value: bytes, at: int) -> bytes:
@@ -140,9 +150,11 @@ async def test_a_session_without_encryption_cannot_write_plaintext(engine: Async
         s.add(Kyc(id=uuid.uuid4(), tenant_id=A, name="n", national_id=NATIONAL))
         with pytest.raises(Exception) as caught:  # noqa: PT011 - wrapped by the DBAPI layer
             await s.commit()
-    assert isinstance(caught.value, PlaintextRefused) or isinstance(
-        caught.value.__cause__, PlaintextRefused
-    ) or "PlaintextRefused" in repr(caught.value)
+    assert (
+        isinstance(caught.value, PlaintextRefused)
+        or isinstance(caught.value.__cause__, PlaintextRefused)
+        or "PlaintextRefused" in repr(caught.value)
+    )
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM kyc"))).scalar_one() == 0
 

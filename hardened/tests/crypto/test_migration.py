@@ -59,13 +59,16 @@ class DualCustomer(TenantScoped, Encrypted, Migrated):
 
 
 async def test_the_migration_steps_are_idempotent_and_reversible(engine: AsyncEngine) -> None:
-    """Backfill, dual write and scrub leave every value readable; restore gives the plaintext back."""
+    """Backfill, dual write and scrub keep values readable, restore gives the plaintext back."""
     c = crypto()
     async with engine.begin() as conn:
         await conn.run_sync(Legacy.metadata.create_all)
         await conn.execute(
             Customer.__table__.insert(),
-            [{"id": uuid.uuid4(), "tenant_id": (A, B)[i % 2], "tax_id": f"T{i:04}"} for i in range(40)],
+            [
+                {"id": uuid.uuid4(), "tenant_id": (A, B)[i % 2], "tax_id": f"T{i:04}"}
+                for i in range(40)
+            ],
         )
     migration = PlaintextMigration(c, DualCustomer.tax, "tax_id")
     assert set(await migration.add_columns(engine)) == {"tax_ct", "tax_bidx", "key_version"}
@@ -92,12 +95,14 @@ async def test_the_migration_steps_are_idempotent_and_reversible(engine: AsyncEn
         rows = (await s.execute(select(DualCustomer))).scalars().all()
         assert sorted(r.tax for r in rows if r.tax) == [f"T{i:04}" for i in range(1, 40, 2)]
     async with engine.connect() as conn:
-        left = (await conn.execute(text("SELECT count(*) FROM customers WHERE tax_id IS NOT NULL")))
+        left = await conn.execute(text("SELECT count(*) FROM customers WHERE tax_id IS NOT NULL"))
         assert left.scalar_one() == 0
     assert await migration.restore(engine) == 41
     async with engine.connect() as conn:
         after = (await conn.execute(text("SELECT id, tax_id FROM customers ORDER BY id"))).all()
-        cleared = await conn.execute(text("SELECT count(*) FROM customers WHERE tax_ct IS NOT NULL"))
+        cleared = await conn.execute(
+            text("SELECT count(*) FROM customers WHERE tax_ct IS NOT NULL")
+        )
         assert cleared.scalar_one() == 0
     assert after == before
     assert await migration.backfill(engine) == 41

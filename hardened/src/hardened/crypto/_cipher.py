@@ -11,14 +11,23 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from hardened._extras import missing_extra
 from hardened.crypto._errors import DecryptionFailed, KeyDestroyed, UnknownKey, refuse
-from hardened.crypto._format import NONCE_BYTES, frame, pack_header, unpack_header
+from hardened.crypto._format import (
+    HEADER_BYTES,
+    NONCE_BYTES,
+    OVERHEAD_BYTES,
+    frame,
+    pack_header,
+    unpack_header,
+)
 
 if TYPE_CHECKING:
     import uuid
+    from collections.abc import Mapping
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -33,6 +42,8 @@ __all__ = ["ColumnCipher", "TenantKeys"]
 _FIELD_LABEL = b"hardened.crypto/field/v1"
 _FIELD_KEY_LABEL = b"hardened.crypto/field-key/v1"
 _INDEX_KEY_LABEL = b"hardened.crypto/blind-index-key/v1"
+_ROW_ID_LENGTH = (16).to_bytes(4, "big")
+_BODY = HEADER_BYTES + NONCE_BYTES
 
 
 def _subkey(data_key: bytes, *info: bytes) -> bytes:
@@ -44,21 +55,21 @@ class TenantKeys:
     """Every data-key version of one tenant: bytes when live, None when destroyed.
 
     ``current`` is the version new values are written under (the highest live
-    one), None when the tenant has no live key.
+    one), None when the tenant has no live key. A snapshot: load the keys again
+    (next transaction) to see a rotation or a shred.
     """
 
     tenant: uuid.UUID
-    versions: dict[int, bytes | None] = field(repr=False)
+    versions: Mapping[int, bytes | None] = field(repr=False)
+    current: int | None = field(init=False)
+    live_versions: tuple[int, ...] = field(init=False)
     _columns: dict[tuple[str, str], ColumnCipher] = field(default_factory=dict, repr=False)
 
-    @property
-    def current(self) -> int | None:
-        live = [v for v, key in self.versions.items() if key is not None]
-        return max(live) if live else None
-
-    @property
-    def live_versions(self) -> tuple[int, ...]:
-        return tuple(sorted((v for v, k in self.versions.items() if k is not None), reverse=True))
+    def __post_init__(self) -> None:
+        self.versions = MappingProxyType(dict(self.versions))
+        live = sorted((v for v, k in self.versions.items() if k is not None), reverse=True)
+        self.live_versions = tuple(live)
+        self.current = live[0] if live else None
 
     def key(self, version: int) -> bytes:
         """The data key of ``version``; `UnknownKey` or `KeyDestroyed` when there is none."""
@@ -84,27 +95,27 @@ class TenantKeys:
 class ColumnCipher:
     """Encrypts and decrypts one column's values, each bound to its row id."""
 
-    __slots__ = ("_aead", "_index_keys", "_prefix", "column", "keys", "table")
+    __slots__ = ("_by_header", "_index_keys", "_prefix", "column", "keys", "table")
 
     def __init__(self, keys: TenantKeys, table: str, column: str) -> None:
         self.keys = keys
         self.table = table
         self.column = column
         self._prefix = frame(_FIELD_LABEL, keys.tenant.bytes, table.encode(), column.encode())
-        self._aead: dict[int, AESGCM] = {}
+        # header bytes -> (AEAD of that version, associated data up to the row id)
+        self._by_header: dict[bytes, tuple[AESGCM, bytes]] = {}
         self._index_keys: dict[int, bytes] = {}
 
-    def _aead_for(self, version: int) -> AESGCM:
-        aead = self._aead.get(version)
-        if aead is None:
+    def _version(self, version: int) -> tuple[bytes, AESGCM, bytes]:
+        header = pack_header(version)
+        found = self._by_header.get(header)
+        if found is None:
             key = _subkey(
                 self.keys.key(version), _FIELD_KEY_LABEL, self.table.encode(), self.column.encode()
             )
-            aead = self._aead[version] = AESGCM(key)
-        return aead
-
-    def _associated(self, header: bytes, row_id: uuid.UUID) -> bytes:
-        return b"%b%b\x00\x00\x00\x10%b" % (header, self._prefix, row_id.bytes)
+            # The row id is the last framed part: its 4-byte length (16) closes the prefix.
+            found = self._by_header[header] = (AESGCM(key), header + self._prefix + _ROW_ID_LENGTH)
+        return header, *found
 
     def encrypt(self, plaintext: bytes, row_id: uuid.UUID, *, version: int | None = None) -> bytes:
         """``plaintext`` sealed for this column and ``row_id`` (current version by default)."""
@@ -114,22 +125,18 @@ class ColumnCipher:
                 raise refuse(
                     KeyDestroyed, "tenant has no live data key", tenant=str(self.keys.tenant)
                 )
-        aead = self._aead_for(version)
-        header = pack_header(version)
+        header, aead, head = self._version(version)
         nonce = os.urandom(NONCE_BYTES)
-        return header + nonce + aead.encrypt(nonce, plaintext, self._associated(header, row_id))
+        return header + nonce + aead.encrypt(nonce, plaintext, head + row_id.bytes)
 
     def decrypt(self, value: bytes, row_id: uuid.UUID) -> bytes:
         """The plaintext of ``value``; a typed `CryptoError` for anything else, never a fallback."""
-        version = unpack_header(value)
-        aead = self._aead_for(version)
-        header = value[:5]
+        found = self._by_header.get(value[:HEADER_BYTES]) if len(value) >= OVERHEAD_BYTES else None
+        if found is None:
+            found = self._version(unpack_header(value))[1:]  # typed errors for bad headers
+        aead, head = found
         try:
-            return aead.decrypt(
-                value[5 : 5 + NONCE_BYTES],
-                value[5 + NONCE_BYTES :],
-                self._associated(header, row_id),
-            )
+            return aead.decrypt(value[HEADER_BYTES:_BODY], value[_BODY:], head + row_id.bytes)
         except InvalidTag:
             raise refuse(
                 DecryptionFailed,

@@ -14,6 +14,7 @@ forms.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Uuid,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy import Connection
 
-__all__ = ["DataKeyStore", "data_keys_table"]
+__all__ = ["DataKeyStore", "data_keys_table", "lock_tenant_keys"]
 
 _WRAP_LABEL = b"hardened.crypto/data-key/v1"
 _log = structlog.get_logger("hardened.crypto")
@@ -74,6 +76,24 @@ def data_keys_table(metadata: MetaData, name: str = "hardened_data_keys") -> Tab
 
 def _associated(tenant: uuid.UUID, version: int) -> bytes:
     return frame(_WRAP_LABEL, tenant.bytes, str(version).encode())
+
+
+def lock_tenant_keys(conn: Connection, tenant: uuid.UUID, *, exclusive: bool = True) -> None:
+    """On PostgreSQL, a transaction-scoped advisory lock on the tenant's keys.
+
+    Writers hold it shared for their transaction, destroying a version holds it
+    exclusively: a transaction that sealed values under a version it loaded
+    before a rotation commits before the in-use check runs, so a version is
+    never destroyed under a value being written. (No table privilege is needed:
+    the app role may not UPDATE the key table, so row locks are not an option.)
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    key = int.from_bytes(
+        hashlib.sha256(b"hardened.crypto/keys" + tenant.bytes).digest()[:8], "big", signed=True
+    )
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    conn.execute(text(f"SELECT {function}(:key)"), {"key": key})
 
 
 class DataKeyStore:
@@ -114,7 +134,8 @@ class DataKeyStore:
         )
 
     def ensure(self, conn: Connection, tenant: uuid.UUID) -> TenantKeys:
-        """The tenant's keys, creating version 1 if it has none (never after a shred)."""
+        """The keys for writing; creates version 1 when there is none (never after a shred)."""
+        lock_tenant_keys(conn, tenant, exclusive=False)
         keys = self.load(conn, tenant)
         if keys.versions:
             if keys.current is None:
@@ -179,6 +200,7 @@ class DataKeyStore:
 
     def destroy(self, conn: Connection, tenant: uuid.UUID, version: int | None = None) -> int:
         """Destroy one version, or every version (``None``: crypto-shred the tenant)."""
+        lock_tenant_keys(conn, tenant)
         t = self.table
         statement = (
             update(t)

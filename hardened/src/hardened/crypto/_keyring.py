@@ -1,8 +1,8 @@
 """Key-encryption keys: the keyring from the environment and the provider interface.
 
 ``ENCRYPTION_KEY`` holds one or more ``id:key`` entries separated by commas,
-each key 32 random bytes in base64 (standard or URL-safe alphabet, padding
-optional). The first entry is the primary: it wraps new data keys; the others
+each key 32 random bytes in hex (64 digits) or base64 (standard or URL-safe
+alphabet, padding optional). The first entry is the primary: it wraps new data keys; the others
 only unwrap. Rotation is Tink's add → promote → retire:
 
 1. add ``k2`` after ``k1`` on every instance (``k1:…,k2:…``): both unwrap, ``k1`` wraps;
@@ -46,8 +46,10 @@ _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 def _decode_key(text: str) -> bytes | None:
-    """Strict base64 (either alphabet, padding optional) of exactly 32 bytes, else None."""
+    """32 bytes from 64 hex digits or strict base64 (either alphabet), else None."""
     text = text.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text)
     if not text or not re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", text):
         return None
     padded = text.rstrip("=")
@@ -106,7 +108,7 @@ class Keyring:
                 raise ValueError(f"key {key_id!r} {reason}")
             raw = _decode_key(text)
             if raw is None:
-                raise ValueError(f"key {key_id!r} must be {KEY_BYTES} bytes in base64")
+                raise ValueError(f"key {key_id!r} must be {KEY_BYTES} bytes in hex or base64")
             keys[key_id] = raw
         return cls(primary=entries[0].partition(":")[0].strip(), keys=keys)
 

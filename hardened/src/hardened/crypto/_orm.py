@@ -443,15 +443,17 @@ async def lookup(session: AsyncSession, field: EncryptedField[Any], value: str) 
     if tenant is None:
         raise TenantContextMissing(context={"reason": "blind-index lookup without a tenant"})
     normalised = index.normalise(value)
-    keys = await session.run_sync(lambda s: _keys(s, tenant, create=False))
+    cached = session.sync_session.info.get(_KEYS, {}).get(tenant)
+    keys = cached or await session.run_sync(lambda s: _keys(s, tenant, create=False))
     if keys.current is None:
         return []
     column: Column[Any] = model.__table__.c[f"{field.name}_bidx"]
     entries = keys.column(model.__tablename__, field.name).blind_indexes(
         normalised.encode(), index.bits
     )
+    matching = column == entries[0] if len(entries) == 1 else column.in_(entries)
     rows = (
-        await session.execute(select(model).where(model.tenant_id == tenant, column.in_(entries)))
+        await session.execute(select(model).where(model.tenant_id == tenant, matching))
     ).scalars()
     wanted = normalised.encode()
     return [

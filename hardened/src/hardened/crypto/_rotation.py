@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import BigInteger, Integer, LargeBinary, Uuid, column, func, select, table
 
 from hardened.crypto._batch import BatchConfig, Progress, run_batches
+from hardened.crypto._datakeys import lock_tenant_keys
 from hardened.observability.metrics import gauge
 
 if TYPE_CHECKING:
@@ -160,8 +161,13 @@ async def destroy_old_versions(
 ) -> dict[uuid.UUID, list[int]]:
     """Destroy every non-current version that no row of ``models`` uses; returns what went."""
     destroyed: dict[uuid.UUID, list[int]] = {}
-    async with engine.begin() as conn:
-        for tenant, current in await conn.run_sync(crypto.store.tenants_with_old_versions):
+    async with engine.connect() as conn:
+        tenants = await conn.run_sync(crypto.store.tenants_with_old_versions)
+    for tenant, current in tenants:
+        async with engine.begin() as conn:
+            # Writers hold this shared: once it is ours, no value is being sealed under
+            # a version we are about to find unused.
+            await conn.run_sync(lock_tenant_keys, tenant)
             keys = await crypto.tenant_keys(conn, tenant)
             in_use: set[int] = set()
             for model in models:
