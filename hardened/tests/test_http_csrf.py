@@ -381,6 +381,9 @@ def test_cookie_header_is_script_readable_secure_and_samesite() -> None:
         ({"secret": SECRET, "cookie_samesite": "sometimes"}, "cookie_samesite"),
         ({"secret": SECRET, "csrf_cookie": "bad name"}, "csrf_cookie"),
         ({"secret": SECRET, "header": "cookie"}, "header"),
+        ({"secret": SECRET, "previous_secrets": (b"short",)}, "previous_secrets"),
+        ({"secret": SECRET, "previous_secrets": ("t" * 40,)}, "previous_secrets"),
+        ({"secret": SECRET, "previous_secrets": (SECRET,)}, "repeat"),
     ],
 )
 def test_policy_refuses_unsafe_configuration(kwargs: dict[str, object], message: str) -> None:
@@ -390,5 +393,38 @@ def test_policy_refuses_unsafe_configuration(kwargs: dict[str, object], message:
 
 
 def test_secret_is_not_in_repr() -> None:
-    """The policy's repr never shows the secret."""
+    """The policy's repr never shows the secret, nor a previous one."""
     assert "kkkk" not in repr(POLICY)
+    assert "oooo" not in repr(CSRFPolicy(secret=SECRET, previous_secrets=(OLD_SECRET,)))
+
+
+OLD_SECRET = b"o" * 16 + b"l" * 16 + b"d" * 8
+
+
+def test_token_of_a_previous_secret_verifies_and_new_tokens_use_the_current() -> None:
+    """After a rotation, tokens of the previous secret verify; new ones verify without it."""
+    before = CSRFPolicy(secret=OLD_SECRET)
+    rotated = CSRFPolicy(secret=SECRET, previous_secrets=(OLD_SECRET,))
+    old_token = issue_csrf_token(before, SESSION)
+    assert verify_csrf_token(rotated, SESSION, old_token)
+    assert not verify_csrf_token(rotated, "another-session", old_token)
+    assert not verify_csrf_token(CSRFPolicy(secret=SECRET), SESSION, old_token)
+    new_token = issue_csrf_token(rotated, SESSION)
+    assert verify_csrf_token(CSRFPolicy(secret=SECRET), SESSION, new_token)
+    assert not verify_csrf_token(before, SESSION, new_token)
+
+
+@pytest.mark.anyio
+async def test_request_with_a_pre_rotation_token_passes_only_with_the_previous_secret() -> None:
+    """Over HTTP: a token from before the rotation passes with previous_secrets, 403 without."""
+    old_token = issue_csrf_token(CSRFPolicy(secret=OLD_SECRET), SESSION)
+    headers = {**cookie(token=old_token), "x-csrf-token": old_token}
+    app = App()
+    rotated = CSRFPolicy(secret=SECRET, previous_secrets=(OLD_SECRET,))
+    async with client_for(app, rotated) as client:
+        passed = await client.post("/orders", headers=headers)
+    async with client_for(app, CSRFPolicy(secret=SECRET)) as client:
+        dropped = await client.post("/orders", headers=headers)
+    assert passed.status_code == 200
+    assert (dropped.status_code, dropped.json()["code"]) == (403, "csrf.invalid")
+    assert app.calls == 1

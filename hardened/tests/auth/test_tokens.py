@@ -23,6 +23,7 @@ from hardened.auth.tokens import (
     AccessTokenConfig,
     AccessTokens,
     Algorithm,
+    VerificationKey,
     revoked_error,
 )
 from hardened.errors import Unauthorized, problem_for
@@ -498,6 +499,211 @@ def test_metrics_count_outcomes(hs: AccessTokens) -> None:
         "expired": 1,
         "invalid": 1,
     }
+
+
+# -- key rotation -----------------------------------------------------------------------------
+
+OLD_SECRET = secrets.token_urlsafe(48)
+OVERLAP_END = NOW + 300  # deliberately before the token's exp, so the cut-off is not_after's
+
+
+def hs_config(
+    key: str = SECRET, kid: str | None = "k2", previous: tuple[VerificationKey, ...] = ()
+) -> AccessTokenConfig:
+    return AccessTokenConfig(
+        issuer=ISS, audience=AUD, signing_key=key, kid=kid, previous_keys=previous
+    )
+
+
+def rotated_hs() -> AccessTokens:
+    """Current key SECRET (k2); OLD_SECRET (k1) verifies until OVERLAP_END."""
+    old = VerificationKey(kid="k1", key=OLD_SECRET, not_after=OVERLAP_END)
+    return AccessTokens(hs_config(previous=(old,)))
+
+
+def test_kid_of_the_current_key_is_in_every_header() -> None:
+    """A config with a kid names it in the header of every token it issues."""
+    tokens = AccessTokens(hs_config())
+    token = tokens.issue(subject="u", tenant="t", session_id="s", now=NOW)
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "at+jwt", "kid": "k2"}
+    assert tokens.verify(token, now=NOW).sub == "u"
+
+
+def test_previous_hmac_key_verifies_during_the_overlap_and_not_after_it() -> None:
+    """A token signed before the rotation verifies until not_after, then is retired_kid."""
+    before = AccessTokens(hs_config(OLD_SECRET, kid="k1"))
+    token = before.issue(subject="u", tenant="t", session_id="s", now=NOW)
+    after = rotated_hs()
+    assert after.verify(token, now=NOW + 10).sub == "u"
+    assert after.verify(token, now=OVERLAP_END).sub == "u"
+    assert refused(after, token, now=OVERLAP_END + 1) == "retired_kid"
+    fresh = after.issue(subject="u", tenant="t", session_id="s", now=NOW)
+    assert after.verify(fresh, now=OVERLAP_END + 1).sub == "u"
+    # Once the previous key is dropped from the ring, its kid is unknown.
+    assert refused(AccessTokens(hs_config()), token, now=NOW + 10) == "unknown_kid"
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256", "EdDSA"])
+def test_previous_asymmetric_key_verifies_during_the_overlap(
+    algorithm: Algorithm, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """The retired private key, or its public PEM, verifies its tokens until not_after."""
+    make: dict[str, Any] = {
+        "RS256": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ES256": lambda: ec.generate_private_key(ec.SECP256R1()),
+        "EdDSA": ed25519.Ed25519PrivateKey.generate,
+    }
+    old_key = rsa_key if algorithm == "RS256" else make[algorithm]()
+    new_key = make[algorithm]()
+
+    def config(key: Any, kid: str, previous: tuple[VerificationKey, ...] = ()) -> AccessTokenConfig:
+        return AccessTokenConfig(
+            issuer=ISS,
+            audience=AUD,
+            algorithm=algorithm,
+            signing_key=pem_private(key),
+            kid=kid,
+            previous_keys=previous,
+        )
+
+    token = AccessTokens(config(old_key, "k1")).issue(
+        subject="u", tenant="t", session_id="s", now=NOW
+    )
+    for retired in (pem_private(old_key), pem_public(old_key)):
+        ring = (VerificationKey(kid="k1", key=retired, not_after=OVERLAP_END),)
+        after = AccessTokens(config(new_key, "k2", ring))
+        assert after.verify(token, now=NOW + 10).sub == "u"
+        assert refused(after, token, now=OVERLAP_END + 1) == "retired_kid"
+
+
+def test_unknown_kid_is_invalid_token() -> None:
+    """A kid naming no key of ours is auth.invalid_token with reason unknown_kid."""
+    tokens = rotated_hs()
+    header = {"alg": "HS256", "typ": "at+jwt", "kid": "k9"}
+    assert refused(tokens, sign(header, claims())) == "unknown_kid"
+    assert refused(tokens, sign({**header, "kid": ""}, claims())) == "unknown_kid"
+    # A config that names no kids knows none: a token naming one is refused too.
+    assert refused(AccessTokens(hs_config(kid=None)), sign(header, claims())) == "unknown_kid"
+
+
+def test_the_kid_picks_the_key_nothing_is_tried() -> None:
+    """A token signed by one ring key but naming the other fails: keys are never tried in turn."""
+    tokens = rotated_hs()
+    by_old_as_new = sign({"alg": "HS256", "typ": "at+jwt", "kid": "k2"}, claims(), key=OLD_SECRET)
+    by_new_as_old = sign({"alg": "HS256", "typ": "at+jwt", "kid": "k1"}, claims(), key=SECRET)
+    assert refused(tokens, by_old_as_new) == "bad_signature"
+    assert refused(tokens, by_new_as_old) == "bad_signature"
+
+
+def test_token_without_kid_verifies_against_the_current_key_only() -> None:
+    """A kid-less token (issued before kids) verifies under the current key, never a previous."""
+    tokens = rotated_hs()
+    assert tokens.verify(hs_token(claims()), now=NOW).sub == "user-1"
+    assert refused(tokens, hs_token(claims(), key=OLD_SECRET)) == "bad_signature"
+
+
+def test_a_previous_key_never_signs() -> None:
+    """Tokens of a rotated config are signed by the current key and name it, never the previous."""
+    tokens = rotated_hs()
+    token = tokens.issue(subject="u", tenant="t", session_id="s", now=NOW)
+    assert jwt.get_unverified_header(token)["kid"] == "k2"
+    for key, signed in ((SECRET, True), (OLD_SECRET, False)):
+        try:
+            jwt.decode(
+                token,
+                key,
+                algorithms=["HS256"],
+                options={"verify_signature": True, "verify_exp": False, "verify_aud": False},
+            )
+        except jwt.InvalidSignatureError:
+            assert not signed
+        else:
+            assert signed
+
+
+def test_keyring_hides_keys_in_reprs() -> None:
+    """Neither the config, its previous keys nor the service repr shows a previous key."""
+    tokens = rotated_hs()
+    for text in (repr(tokens.config), repr(tokens.config.previous_keys), repr(tokens)):
+        assert OLD_SECRET not in text
+        assert SECRET not in text
+    assert "k1" in repr(tokens.config)
+
+
+def old(key: Any = OLD_SECRET, kid: str = "k1", not_after: Any = OVERLAP_END) -> VerificationKey:
+    return VerificationKey(kid=kid, key=key, not_after=not_after)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"previous_keys": (old(),), "kid": None}, "need a kid"),
+        ({"previous_keys": (old(kid="k2"),)}, "unique"),
+        ({"previous_keys": (old(), old())}, "unique"),
+        ({"previous_keys": (old("x" * 31),)}, "at least 32 bytes"),
+        ({"previous_keys": (old("changeme" * 8),)}, "placeholder"),
+        ({"previous_keys": (old("ab" * 32),)}, "random"),
+        ({"previous_keys": (old(SECRET),)}, "current signing key"),
+        ({"previous_keys": [old()]}, "tuple"),
+        ({"previous_keys": (OLD_SECRET,)}, "tuple"),
+        ({"kid": "k 2"}, "kid"),
+        ({"kid": ""}, "kid"),
+    ],
+)
+def test_keyring_validation(kwargs: dict[str, Any], match: str) -> None:
+    """Previous keys follow the current key's rules, need kids, and kids are unique."""
+    values: dict[str, Any] = {"issuer": ISS, "audience": AUD, "signing_key": SECRET, "kid": "k2"}
+    with pytest.raises(ValueError, match=match) as info:
+        AccessTokenConfig(**{**values, **kwargs})
+    assert OLD_SECRET not in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_asymmetric_previous_keys_are_checked(rsa_key: rsa.RSAPrivateKey) -> None:
+    """A previous key of the wrong type, an unparsable one or the current one refuses the config."""
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    current = ec.generate_private_key(ec.SECP256R1())
+    for key, match in (
+        (pem_public(p384), "P-256"),
+        (pem_private(rsa_key), "P-256"),
+        (b"not a key", "PEM public key"),
+        (pem_public(current), "current signing key"),
+        (pem_private(current), "current signing key"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            AccessTokenConfig(
+                issuer=ISS,
+                audience=AUD,
+                algorithm="ES256",
+                signing_key=pem_private(current),
+                kid="k2",
+                previous_keys=(old(key),),
+            )
+    with pytest.raises(ValueError, match="asymmetric"):
+        AccessTokenConfig(
+            issuer=ISS,
+            audience=AUD,
+            signing_key=SECRET,
+            kid="k2",
+            previous_keys=(old(pem_public(rsa_key)),),
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"kid": "bad kid"}, ValueError),
+        ({"key": b""}, ValueError),
+        ({"not_after": float("inf")}, ValueError),
+        ({"not_after": float("nan")}, ValueError),
+        ({"not_after": True}, TypeError),
+        ({"not_after": "2030-01-01"}, TypeError),
+    ],
+)
+def test_verification_key_validation(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    """A previous key needs a plain kid, a key and a finite Unix time."""
+    with pytest.raises(error):
+        VerificationKey(**{"kid": "k1", "key": OLD_SECRET, "not_after": OVERLAP_END, **kwargs})
 
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -51,7 +51,13 @@ from hardened.auth.websockets import (
 
 if TYPE_CHECKING:
     from hardened.auth.passwords import PasswordHasher, PasswordPolicy, Verification
-    from hardened.auth.tokens import AccessClaims, AccessTokenConfig, AccessTokens, revoked_error
+    from hardened.auth.tokens import (
+        AccessClaims,
+        AccessTokenConfig,
+        AccessTokens,
+        VerificationKey,
+        revoked_error,
+    )
 
 __all__ = [
     "BEARER_SUBPROTOCOL",
@@ -80,6 +86,7 @@ __all__ = [
     "TicketStore",
     "TokenReused",
     "Verification",
+    "VerificationKey",
     "error_frame",
     "listening",
     "public",
@@ -101,6 +108,7 @@ __getattr__ = lazy_exports(
         "AccessClaims": "tokens",
         "AccessTokenConfig": "tokens",
         "AccessTokens": "tokens",
+        "VerificationKey": "tokens",
         "revoked_error": "tokens",
     },
 )

@@ -6,7 +6,12 @@ session lists and revocation events. The store keeps ``HMAC-SHA256(hash key,
 secret)`` under a server ``key`` (>= 32 bytes; hash and rotation keys are
 domain-separated subkeys), so a store dump can neither mint nor check tokens,
 and comparing keyed hashes in the script leaks nothing through timing.
-Changing ``key`` ends every family.
+Changing ``key`` ends every family, unless the old value is in
+``previous_keys``: a token the current key does not find is looked up again
+under each previous key (one more round trip, on that path only) and, found,
+rotates into a child hashed under the current key, so each family moves to
+the new key at its next refresh. Keep the previous key for ``ttl`` (an idle
+family expires by then); reuse of a pre-rotation ancestor is still reuse.
 
 Keys, one hash tag per user, so every script touches a single slot::
 
@@ -278,16 +283,22 @@ class RefreshTokens:
         store: AtomicScripts,
         *,
         key: bytes,
+        previous_keys: Sequence[bytes] = (),
         config: RefreshConfig = RefreshConfig(),
         on_revoked: Callable[[RevocationEvent], Awaitable[None]] | None = None,
     ) -> None:
         if not isinstance(key, bytes) or len(key) < 32:
             raise ValueError("key must be at least 32 bytes")
+        if any(not isinstance(old, bytes) or len(old) < 32 or old == key for old in previous_keys):
+            raise ValueError("previous_keys must each be at least 32 bytes, none the current key")
         self._store = store
         self._config = config
         self._on_revoked = on_revoked
         self._hash_key = hmac.digest(key, b"hardened.auth.refresh/hash", "sha256")
         self._rotate_key = hmac.digest(key, b"hardened.auth.refresh/rotate", "sha256")
+        self._previous_hash_keys = tuple(
+            hmac.digest(old, b"hardened.auth.refresh/hash", "sha256") for old in previous_keys
+        )
         self._ttl_ms = ttl_ms(config.ttl)
         self._grace_ms = round(config.grace * 1000)
 
@@ -340,10 +351,15 @@ class RefreshTokens:
             _OUTCOMES.labels("invalid").inc()
             raise InvalidRefreshToken
         user_id, family_id = match.group(1), match.group(2)
-        child = self._child(family_id, secret)
-        hashes = (self._hash(secret), self._hash(child))
-        args = (*hashes, self._grace_ms, self._ttl_ms, self._config.ancestors, family_id)
-        outcome, tenant = await self._store.run(ROTATE, self._keys(user_id, family_id), args)
+        child = self._child(family_id, secret)  # always under the current key: it migrates
+        rest = (self._hash(child), self._grace_ms, self._ttl_ms, self._config.ancestors, family_id)
+        keys = self._keys(user_id, family_id)
+        outcome, tenant = await self._store.run(ROTATE, keys, (self._hash(secret), *rest))
+        for hash_key in self._previous_hash_keys:
+            if outcome != 0:
+                break
+            presented = hmac.digest(hash_key, secret, "sha256")
+            outcome, tenant = await self._store.run(ROTATE, keys, (presented, *rest))
         if outcome in (_ROTATED, _GRACE):
             _OUTCOMES.labels("rotated" if outcome == _ROTATED else "grace").inc()
             new = f"{user_id}.{family_id}.{_b64(child)}"

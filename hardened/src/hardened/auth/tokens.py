@@ -14,6 +14,19 @@ token that is otherwise valid) or ``auth.invalid_token``: a client learns
 nothing about which check failed. The reason goes to ``context`` (logs only),
 never the token.
 
+Key rotation: the current key has a ``kid``, put in every header it signs,
+and ``previous_keys`` (`VerificationKey`) verify the tokens they signed until
+their ``not_after``: set it to the rotation time plus ``ttl`` (plus
+``leeway``), when the last token they signed has expired anyway. The key is
+chosen by the token's ``kid``, never by trying each one in turn (that would
+make every key a verifier of every token and hide which one did it); an
+unknown ``kid``, or a previous key past its ``not_after``, is
+``auth.invalid_token`` with reason ``unknown_kid`` / ``retired_kid``. A token
+without a ``kid`` verifies against the current key only: it was issued before
+kids existed, by the key that was current then, so name the kid one deploy
+(and one ``ttl``) before the first rotation. Previous keys only verify; for an
+asymmetric algorithm only their public half is kept.
+
 `verify` is pure and offline. Whether the token's session (``sid``, a
 refresh-token family) is still live is the refresh-token store's answer
 (`hardened.auth.refresh.RefreshTokens.session_active`); the caller asks it and
@@ -23,6 +36,7 @@ refuses an ended session with ``auth.token_revoked`` (`revoked_error`).
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import time
 import uuid
@@ -55,6 +69,7 @@ __all__ = [
     "AccessTokenConfig",
     "AccessTokens",
     "Algorithm",
+    "VerificationKey",
     "revoked_error",
 ]
 
@@ -69,6 +84,7 @@ _ACCEPTED_TYP = frozenset({"at+jwt", "application/at+jwt"})
 _ALLOWED_HEADER = frozenset({"alg", "typ", "kid"})
 _REGISTERED = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid"})
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _WWW_AUTHENTICATE = {"www-authenticate": 'Bearer error="invalid_token"'}
 
 _TOKENS = counter(
@@ -126,25 +142,30 @@ def _spki(key: Any) -> bytes:
     return der
 
 
+def _check_hmac_secret(algorithm: str, key: bytes, *, what: str) -> None:
+    """A secret long enough for ``algorithm``, random-looking, and not a (public) PEM."""
+    if len(key) < _HMAC_MIN_BYTES[algorithm]:
+        raise ValueError(
+            f"{what} must be at least {_HMAC_MIN_BYTES[algorithm]} bytes for {algorithm}"
+        )
+    # Same rules as every other secret (placeholders, too few distinct characters).
+    if reason := secret_problem(key.decode("latin-1")):
+        raise ValueError(f"{what} {reason}")
+    # The HS/RS confusion in config form: a PEM used as an HMAC secret is public.
+    if not _usable_hmac_secret(algorithm, key):
+        raise ValueError(f"{what} is an asymmetric key; {algorithm} needs a random secret")
+
+
 def _load_keys(config: AccessTokenConfig) -> tuple[Any, Any]:
     """Parse and check the keys: (signing key, verification key), both ready for PyJWT."""
     algorithm = config.algorithm
     signing = _as_bytes(config.signing_key)
     verification = None if config.verification_key is None else _as_bytes(config.verification_key)
     if algorithm in _HMAC_MIN_BYTES:
-        if len(signing) < _HMAC_MIN_BYTES[algorithm]:
-            msg = f"signing_key must be at least {_HMAC_MIN_BYTES[algorithm]} bytes for {algorithm}"
+        _check_hmac_secret(algorithm, signing, what="signing_key")
+        if verification is not None and not _usable_hmac_secret(algorithm, verification):
+            msg = f"verification_key is an asymmetric key; {algorithm} needs a random secret"
             raise ValueError(msg)
-        # Same rules as every other secret (placeholders, too few distinct characters).
-        if reason := secret_problem(signing.decode("latin-1")):
-            raise ValueError(f"signing_key {reason}")
-        # The HS/RS confusion in config form: a PEM used as an HMAC secret is public.
-        for key, what in ((signing, "signing_key"), (verification, "verification_key")):
-            if key is None:
-                continue
-            if not _usable_hmac_secret(algorithm, key):
-                msg = f"{what} is an asymmetric key; {algorithm} needs a random secret"
-                raise ValueError(msg)
         if verification is not None and not hmac.compare_digest(verification, signing):
             raise ValueError(f"verification_key must equal signing_key for {algorithm}")
         return signing, signing
@@ -156,15 +177,84 @@ def _load_keys(config: AccessTokenConfig) -> tuple[Any, Any]:
     _check_asymmetric(algorithm, private, what="signing_key")
     public: Any = private.public_key()
     if verification is not None:
-        try:
-            public = serialization.load_pem_public_key(verification)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            msg = f"verification_key must be a PEM public key for {algorithm}"
-            raise ValueError(msg) from None
-        _check_asymmetric(algorithm, public, what="verification_key")
+        public = _load_public(algorithm, verification, what="verification_key")
         if _spki(public) != _spki(private.public_key()):
             raise ValueError("verification_key is not the public half of signing_key")
     return private, public
+
+
+def _load_public(algorithm: str, key: bytes, *, what: str) -> Any:
+    try:
+        public: Any = serialization.load_pem_public_key(key)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        msg = f"{what} must be a PEM public key for {algorithm}"
+        raise ValueError(msg) from None
+    _check_asymmetric(algorithm, public, what=what)
+    return public
+
+
+def _load_previous(config: AccessTokenConfig, current: Any) -> dict[str, tuple[Any, float]]:
+    """Check ``previous_keys``: kid -> (verification key, not_after), public halves only."""
+    algorithm = config.algorithm
+    if not isinstance(config.previous_keys, tuple) or not all(
+        isinstance(k, VerificationKey) for k in config.previous_keys
+    ):
+        raise ValueError("previous_keys must be a tuple of VerificationKey")
+    if config.previous_keys and config.kid is None:
+        raise ValueError("previous_keys need a kid on the current key (tokens name their key)")
+    keys: dict[str, tuple[Any, float]] = {}
+    for previous in config.previous_keys:
+        what = f"previous key {previous.kid!r}"
+        if previous.kid == config.kid or previous.kid in keys:
+            raise ValueError(f"{what}: kids must be unique (current and previous)")
+        raw = _as_bytes(previous.key)
+        loaded: Any
+        if algorithm in _HMAC_MIN_BYTES:
+            _check_hmac_secret(algorithm, raw, what=what)
+            if hmac.compare_digest(raw, current):
+                raise ValueError(f"{what} is the current signing key")
+            loaded = raw
+        elif b"PRIVATE KEY" in raw:
+            # The retired signing key, as it was configured: keep its public half only.
+            try:
+                private = serialization.load_pem_private_key(raw, password=None)
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                msg = f"{what} must be a PEM public key (or unencrypted private key)"
+                raise ValueError(msg) from None
+            _check_asymmetric(algorithm, private, what=what)
+            loaded = private.public_key()
+        else:
+            loaded = _load_public(algorithm, raw, what=what)
+        if algorithm not in _HMAC_MIN_BYTES and _spki(loaded) == _spki(current.public_key()):
+            raise ValueError(f"{what} is the current signing key")
+        keys[previous.kid] = (loaded, previous.not_after)
+    return keys
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerificationKey:
+    """A retired key: verifies the tokens naming ``kid`` until ``not_after``, never signs.
+
+    ``key`` follows the rules of the config's algorithm (the HMAC secret, or a
+    PEM public key; a PEM private key is reduced to its public half).
+    ``not_after`` is a Unix time: the rotation time plus the token ``ttl`` and
+    ``leeway``, after which nothing it signed can still be valid.
+    """
+
+    kid: str
+    key: str | bytes = field(repr=False)
+    not_after: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kid, str) or not _KID.fullmatch(self.kid):
+            raise ValueError("kid must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'")
+        if not isinstance(self.key, str | bytes) or not self.key:
+            raise ValueError(f"previous key {self.kid!r} must be a non-empty str or bytes")
+        not_after = self.not_after
+        if isinstance(not_after, bool) or not isinstance(not_after, int | float):
+            raise TypeError(f"previous key {self.kid!r}: not_after must be a Unix time")
+        if not math.isfinite(not_after):
+            raise ValueError(f"previous key {self.kid!r}: not_after must be finite")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +266,9 @@ class AccessTokenConfig:
     EdDSA). ``verification_key`` is the PEM public key (derived from the
     private key when None) or, for HMAC, the same secret. Keys never appear in
     the repr. ``ttl`` is in [1, 86400] seconds, ``leeway`` in [0, 120].
+    ``kid`` names the current key in every token header; ``previous_keys``
+    (which need a ``kid``) verify what older keys signed until their
+    ``not_after`` (see the module docstring).
     """
 
     issuer: str
@@ -186,6 +279,8 @@ class AccessTokenConfig:
     ttl: float = 900.0
     leeway: float = 30.0
     tenant_claim: str = "tenant"
+    kid: str | None = None
+    previous_keys: tuple[VerificationKey, ...] = ()
 
     def __post_init__(self) -> None:
         if self.algorithm not in get_args(Algorithm):
@@ -198,7 +293,10 @@ class AccessTokenConfig:
             raise ValueError(f"leeway must be in [0, {MAX_LEEWAY:g}] seconds")
         if not self.tenant_claim or self.tenant_claim in _REGISTERED:
             raise ValueError("tenant_claim must be a non-empty, non-registered claim name")
-        _load_keys(self)
+        if self.kid is not None and (not isinstance(self.kid, str) or not _KID.fullmatch(self.kid)):
+            raise ValueError("kid must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'")
+        signing, _ = _load_keys(self)
+        _load_previous(self, signing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +342,11 @@ class AccessTokens:
     def __init__(self, config: AccessTokenConfig) -> None:
         self.config = config
         self._signing_key, self._verification_key = _load_keys(config)
+        # kid -> (key, not_after); the current key never retires.
+        self._keys = _load_previous(config, self._signing_key)
+        if config.kid is not None:
+            self._keys[config.kid] = (self._verification_key, math.inf)
+        self._headers = {"typ": _TYP} if config.kid is None else {"typ": _TYP, "kid": config.kid}
         # A private instance: options set elsewhere on the global PyJWT cannot weaken ours.
         self._jwt = jwt.PyJWT(options={"enforce_minimum_key_length": True})
         self._reserved = _REGISTERED | {config.tenant_claim}
@@ -286,7 +389,7 @@ class AccessTokens:
             "exp": int(issued + cfg.ttl),
         }
         token = self._jwt.encode(
-            payload, self._signing_key, algorithm=cfg.algorithm, headers={"typ": _TYP}
+            payload, self._signing_key, algorithm=cfg.algorithm, headers=self._headers
         )
         if len(token) > MAX_TOKEN_BYTES:
             raise ValueError(f"token would exceed {MAX_TOKEN_BYTES} bytes; trim extra claims")
@@ -314,10 +417,12 @@ class AccessTokens:
             raise _refuse("wrong_typ")
         if not _ALLOWED_HEADER.issuperset(header):
             raise _refuse("unexpected_header")
+        now = time.time() if now is None else now
+        key = self._key_for(header.get("kid"), now)
         try:
             payload = self._jwt.decode(
                 token,
-                self._verification_key,
+                key,
                 algorithms=[cfg.algorithm],
                 audience=cfg.audience,
                 issuer=cfg.issuer,
@@ -335,7 +440,19 @@ class AccessTokens:
             raise _refuse(f"missing_claim:{exc.claim}") from None
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise _refuse(_reason(exc)) from None
-        return self._claims(payload, time.time() if now is None else now)
+        return self._claims(payload, now)
+
+    def _key_for(self, kid: object, now: float) -> Any:
+        """The one key the token's ``kid`` names (PyJWT has checked it is a string, if present)."""
+        if kid is None:
+            return self._verification_key  # issued before kids: by the key current then
+        found = self._keys.get(kid) if isinstance(kid, str) else None
+        if found is None:
+            raise _refuse("unknown_kid")
+        key, not_after = found
+        if now > not_after:
+            raise _refuse("retired_kid")
+        return key
 
     def _claims(self, payload: dict[str, Any], now: float) -> AccessClaims:
         cfg = self.config

@@ -33,6 +33,12 @@ session, a token of another session, or one planted through a sibling
 subdomain (cookie tossing), is worthless. A session id survives token
 refreshes, so one token lasts the whole sign-in.
 
+Rotating the secret: put the old value in ``previous_secrets`` (for as long
+as a sign-in lasts, i.e. the refresh-token lifetime, or accept that older
+tokens are refused and the SPA reloads one). A token verifies under the
+current secret or a previous one; new tokens are always signed with the
+current secret.
+
 A refusal is a 403 problem ``csrf.missing`` (no header or no cookie) or
 ``csrf.invalid`` (including a cookie identity without a session to bind to),
 logged once as ``csrf.refused`` (reason, path, method) and counted in
@@ -84,9 +90,13 @@ def _b64(raw: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CSRFPolicy:
-    """Where the CSRF token lives, and which requests are exempt."""
+    """Where the CSRF token lives, and which requests are exempt.
+
+    ``previous_secrets`` still verify tokens (never sign them) during a rotation.
+    """
 
     secret: bytes = field(repr=False)
+    previous_secrets: tuple[bytes, ...] = field(default=(), repr=False)
     csrf_cookie: str = "csrf_token"
     header: str = "x-csrf-token"
     safe_methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -99,6 +109,13 @@ class CSRFPolicy:
         if not isinstance(self.secret, bytes) or len(self.secret) < _MIN_SECRET_BYTES:
             msg = f"CSRF secret must be at least {_MIN_SECRET_BYTES} bytes"
             raise ValueError(msg)
+        previous = tuple(self.previous_secrets)
+        for old in previous:
+            if not isinstance(old, bytes) or len(old) < _MIN_SECRET_BYTES:
+                msg = f"CSRF previous_secrets must each be at least {_MIN_SECRET_BYTES} bytes"
+                raise ValueError(msg)
+            if hmac.compare_digest(old, self.secret):
+                raise ValueError("CSRF previous_secrets must not repeat the current secret")
         if not _COOKIE_NAME.fullmatch(self.csrf_cookie):
             raise ValueError(f"csrf_cookie is not a valid cookie name: {self.csrf_cookie!r}")
         header = self.header.strip().lower()
@@ -116,6 +133,7 @@ class CSRFPolicy:
         object.__setattr__(self, "cookie_samesite", samesite)
         object.__setattr__(self, "safe_methods", frozenset(m.upper() for m in self.safe_methods))
         object.__setattr__(self, "exempt_paths", tuple(self.exempt_paths))
+        object.__setattr__(self, "previous_secrets", previous)
         object.__setattr__(self, "_exempt", exempt)
 
     def is_exempt(self, path: str) -> bool:
@@ -123,25 +141,31 @@ class CSRFPolicy:
         return self._exempt.covers(path)
 
 
-def _sign(policy: CSRFPolicy, session_id: str, nonce: str) -> str:
+def _sign(secret: bytes, session_id: str, nonce: str) -> str:
     session = session_id.encode("utf-8")
     message = _DOMAIN + len(session).to_bytes(4, "big") + session + nonce.encode("ascii")
-    return _b64(hmac.new(policy.secret, message, hashlib.sha256).digest())
+    return _b64(hmac.new(secret, message, hashlib.sha256).digest())
 
 
 def issue_csrf_token(policy: CSRFPolicy, session_id: str) -> str:
     """A fresh ``nonce.signature`` token bound to a sign-in session (``Identity.session``)."""
     nonce = _b64(secrets.token_bytes(18))
-    return f"{nonce}.{_sign(policy, session_id, nonce)}"
+    return f"{nonce}.{_sign(policy.secret, session_id, nonce)}"
 
 
 def verify_csrf_token(policy: CSRFPolicy, session_id: str, token: str) -> bool:
-    """Whether ``token`` was issued with ``policy`` for this session (constant time)."""
+    """Whether ``token`` was issued for this session under the current or a previous secret.
+
+    Each comparison is constant time; which secret matched is no secret.
+    """
     if not _TOKEN.fullmatch(token):
         return False
     nonce, _, signature = token.partition(".")
-    expected = _sign(policy, session_id, nonce)
-    return hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii"))
+    presented = signature.encode("ascii")
+    return any(
+        hmac.compare_digest(_sign(secret, session_id, nonce).encode("ascii"), presented)
+        for secret in (policy.secret, *policy.previous_secrets)
+    )
 
 
 def set_csrf_cookie_header(policy: CSRFPolicy, token: str) -> tuple[bytes, bytes]:

@@ -53,6 +53,7 @@ from hardened.idempotency._guard import (
 from hardened.idempotency._keys import (
     MAX_KEY_LENGTH,
     fingerprint,
+    fingerprints,
     key_hash_for_logs,
     scoped_key,
     validate_key,
@@ -108,6 +109,7 @@ __all__ = [
     "decode_response",
     "encode_response",
     "fingerprint",
+    "fingerprints",
     "idempotency_key",
     "idempotency_table",
     "idempotent",

@@ -7,6 +7,11 @@ fingerprint nor a scoped key can be forged by moving bytes between parts.
 
 Why hashes: a raw idempotency key is client data, sometimes an order number
 or worse; the store and the logs only ever see hashes of it.
+
+Why `fingerprints`: a stored record keeps the fingerprint its secret made.
+When that secret is rotated, the retry of a stored request is fingerprinted
+under the new secret first and matches only under the old one; the previous
+secrets make the same parts' fingerprint again, one at a time, only when asked.
 """
 
 from __future__ import annotations
@@ -15,10 +20,21 @@ import hashlib
 import hmac
 import re
 import struct
+from typing import TYPE_CHECKING
 
 from hardened.idempotency._errors import IdempotencyKeyInvalid
 
-__all__ = ["MAX_KEY_LENGTH", "fingerprint", "key_hash_for_logs", "scoped_key", "validate_key"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "fingerprint",
+    "fingerprints",
+    "key_hash_for_logs",
+    "scoped_key",
+    "validate_key",
+]
 
 #: The IETF draft's practical bound; longer keys are refused, not truncated.
 MAX_KEY_LENGTH = 255
@@ -40,6 +56,13 @@ def fingerprint(secret: bytes, *parts: bytes) -> bytes:
     Keyed so a stored fingerprint reveals nothing about a low-entropy payload.
     """
     return hmac.digest(secret, _framed(parts), "sha256")
+
+
+def fingerprints(secrets: Iterable[bytes], *parts: bytes) -> Iterator[bytes]:
+    """`fingerprint` of ``parts`` under each secret in turn (current first), lazily."""
+    framed = _framed(parts)
+    for secret in secrets:
+        yield hmac.digest(secret, framed, "sha256")
 
 
 def scoped_key(

@@ -27,7 +27,7 @@ from hardened.idempotency._errors import (
     IdempotencyResponseNotKept,
 )
 from hardened.idempotency._fastapi import STATE_KEY, IdempotencyKey
-from hardened.idempotency._keys import fingerprint, key_hash_for_logs, scoped_key, validate_key
+from hardened.idempotency._keys import fingerprints, key_hash_for_logs, scoped_key, validate_key
 from hardened.idempotency._lease import FIRST_POLL, MAX_POLL, HeldLease
 from hardened.idempotency._request import (
     Disconnected,
@@ -166,8 +166,13 @@ class IdempotencyMiddleware:
 
     The first rule matching a request decides; ``rules`` None guards every
     POST and PATCH, honouring a key when one is sent and requiring none.
-    ``secret`` keys the fingerprint HMAC; keep it stable across workers and
-    deploys, or in-flight keys will mismatch.
+    ``secret`` keys the fingerprint HMAC; keep it the same on every worker.
+    To rotate it, pass the old value in ``previous_secrets`` for at least
+    ``retention``: a claim that finds the key taken under another fingerprint
+    is retried with the fingerprint under each previous secret, so a record
+    stored before the rotation still replays (or is taken over, or answers
+    409) instead of a 422. New records always get the current fingerprint; the
+    retries cost a round trip each, on the mismatch path only.
     """
 
     def __init__(
@@ -176,12 +181,21 @@ class IdempotencyMiddleware:
         *,
         backend: IdempotencyBackend,
         secret: bytes,
+        previous_secrets: Sequence[bytes] = (),
         rules: Sequence[IdempotentRoute] | None = None,
         config: HttpIdempotencyConfig | None = None,
     ) -> None:
+        previous = tuple(previous_secrets)
+        for old in previous:
+            if not isinstance(old, bytes) or not old:
+                raise ValueError("previous_secrets must be non-empty bytes")
+            if old == secret:
+                raise ValueError("previous_secrets must not repeat the current secret")
         self.app = app
         self.backend = backend
         self.secret = secret
+        self.previous_secrets = previous
+        self._secrets = (secret, *previous)
         self.rules = tuple(rules) if rules is not None else (IdempotentRoute("/", required=False),)
         self.config = config if config is not None else HttpIdempotencyConfig()
         self._names = tuple(name.encode("latin-1") for name in self.config.key_headers)
@@ -254,9 +268,12 @@ class IdempotencyMiddleware:
         )
         mode, payload = fingerprint_payload(body, route.fingerprint_fields)
         query = sorted_query(scope.get("query_string", b""))
-        digest = fingerprint(self.secret, method.encode(), path.encode(), query, mode, payload)
+        digests = fingerprints(self._secrets, method.encode(), path.encode(), query, mode, payload)
         try:
-            claim = await self._claim(scoped, digest, route)
+            claim = await self._claim(scoped, next(digests), route)
+            # Stored before a rotation: the same request fingerprints alike under its old secret.
+            while isinstance(claim, Mismatch) and (digest := next(digests, None)) is not None:
+                claim = await self._claim(scoped, digest, route)
         except StoreUnavailable as failure:
             _count["unavailable"]()
             _log.warning("idempotency.store_unavailable", key_hash=key_hash_for_logs(key))
