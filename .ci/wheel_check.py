@@ -93,6 +93,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "fastapi": ("hardened.fastapi", "hardened.openapi"),
     "auth": ("hardened.auth.passwords", "hardened.auth.tokens", "hardened.crypto"),
     "outbound": ("hardened.outbound",),
+    # derive_key needs only cryptography (auth has it); the rest of it needs SQLAlchemy too.
+    "crypto": (*_SQL, "hardened.crypto"),
     "all": (),
 }
 FLAVOURS = ("bare", *MODULES)
@@ -638,6 +640,39 @@ async def _smoke_outbound() -> str:
     return "governed GET retried through stamina"
 
 
+async def _smoke_crypto() -> str:
+    import uuid
+
+    from sqlalchemy import MetaData, create_engine
+
+    from hardened.crypto import (
+        DataKeyStore,
+        DecryptionFailed,
+        Keyring,
+        LocalKeyProvider,
+        data_keys_table,
+        generate_keyring_entry,
+    )
+
+    metadata = MetaData()
+    table = data_keys_table(metadata)
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    store = DataKeyStore(table, LocalKeyProvider(Keyring.parse(generate_keyring_entry("k1"))))
+    tenant, row = uuid.uuid4(), uuid.uuid4()
+    with engine.begin() as conn:
+        cipher = store.ensure(conn, tenant).column("kyc", "national_id")
+    sealed = cipher.encrypt(b"4991 1866 5246", row)
+    _expect(cipher.decrypt(sealed, row) == b"4991 1866 5246", "value decrypts")
+    try:
+        cipher.decrypt(sealed, uuid.uuid4())
+    except DecryptionFailed:
+        pass
+    else:
+        raise AssertionError("a value moved to another row decrypted")
+    return "data key wrapped in SQLite, field sealed, moved value refused"
+
+
 SMOKES: dict[str, Callable[[], Awaitable[str]]] = {
     "bare": _smoke_bare,
     "redis": _smoke_redis,
@@ -646,6 +681,7 @@ SMOKES: dict[str, Callable[[], Awaitable[str]]] = {
     "fastapi": _smoke_fastapi,
     "auth": _smoke_auth,
     "outbound": _smoke_outbound,
+    "crypto": _smoke_crypto,
 }
 
 

@@ -120,4 +120,12 @@ _EXPORTS = {
     "lookup": "_orm",
     "session_keys": "_orm",
 }
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+_load = lazy_exports(__name__, _EXPORTS)
+# Only these need nothing beyond cryptography; the rest need SQLAlchemy (the crypto extra).
+_CRYPTOGRAPHY_ONLY = frozenset({"_cipher", "_errors", "_keyring"})
+
+
+def __getattr__(name: str) -> object:
+    if _EXPORTS.get(name, "_cipher") not in _CRYPTOGRAPHY_ONLY:
+        import hardened.crypto._sql  # noqa: F401, PLC0415 - names the extra when missing
+    return _load(name)
