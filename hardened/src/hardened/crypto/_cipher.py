@@ -9,8 +9,8 @@ purpose and column, nothing more to store or rotate.
 from __future__ import annotations
 
 import hmac
-import os
 from dataclasses import dataclass, field
+from os import urandom
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -95,7 +95,7 @@ class TenantKeys:
 class ColumnCipher:
     """Encrypts and decrypts one column's values, each bound to its row id."""
 
-    __slots__ = ("_by_header", "_index_keys", "_prefix", "column", "keys", "table")
+    __slots__ = ("_by_header", "_by_version", "_index_keys", "_prefix", "column", "keys", "table")
 
     def __init__(self, keys: TenantKeys, table: str, column: str) -> None:
         self.keys = keys
@@ -104,18 +104,22 @@ class ColumnCipher:
         self._prefix = frame(_FIELD_LABEL, keys.tenant.bytes, table.encode(), column.encode())
         # header bytes -> (AEAD of that version, associated data up to the row id)
         self._by_header: dict[bytes, tuple[AESGCM, bytes]] = {}
+        self._by_version: dict[int, tuple[bytes, AESGCM, bytes]] = {}
         self._index_keys: dict[int, bytes] = {}
 
     def _version(self, version: int) -> tuple[bytes, AESGCM, bytes]:
-        header = pack_header(version)
-        found = self._by_header.get(header)
+        """(header, AEAD, associated data up to the row id) of ``version``, made once."""
+        found = self._by_version.get(version)
         if found is None:
+            header = pack_header(version)
             key = _subkey(
                 self.keys.key(version), _FIELD_KEY_LABEL, self.table.encode(), self.column.encode()
             )
             # The row id is the last framed part: its 4-byte length (16) closes the prefix.
-            found = self._by_header[header] = (AESGCM(key), header + self._prefix + _ROW_ID_LENGTH)
-        return header, *found
+            aead, head = AESGCM(key), header + self._prefix + _ROW_ID_LENGTH
+            self._by_header[header] = (aead, head)
+            found = self._by_version[version] = (header, aead, head)
+        return found
 
     def encrypt(self, plaintext: bytes, row_id: uuid.UUID, *, version: int | None = None) -> bytes:
         """``plaintext`` sealed for this column and ``row_id`` (current version by default)."""
@@ -125,14 +129,14 @@ class ColumnCipher:
                 raise refuse(
                     KeyDestroyed, "tenant has no live data key", tenant=str(self.keys.tenant)
                 )
-        header, aead, head = self._version(version)
-        nonce = os.urandom(NONCE_BYTES)
+        header, aead, head = self._by_version.get(version) or self._version(version)
+        nonce = urandom(NONCE_BYTES)
         return header + nonce + aead.encrypt(nonce, plaintext, head + row_id.bytes)
 
     def decrypt(self, value: bytes, row_id: uuid.UUID) -> bytes:
         """The plaintext of ``value``; a typed `CryptoError` for anything else, never a fallback."""
-        found = self._by_header.get(value[:HEADER_BYTES]) if len(value) >= OVERHEAD_BYTES else None
-        if found is None:
+        found = self._by_header.get(value[:HEADER_BYTES])
+        if found is None or len(value) < OVERHEAD_BYTES:
             found = self._version(unpack_header(value))[1:]  # typed errors for bad headers
         aead, head = found
         try:
