@@ -136,9 +136,9 @@ async def test_every_route_allows_exactly_the_roles_it_declares(pg_app: FastAPI)
     finally:
         await pg_app.state.shopfront.db.aclose()
     counts = matrix.counts()
-    assert len(matrix.routes) == 54
+    assert len(matrix.routes) == 64
     assert len(callers) == 8
-    assert sum(counts.values()) == 54 * 9  # eight callers and anonymous on every route
+    assert sum(counts.values()) == 64 * 9  # eight callers and anonymous on every route
     assert counts["denied"] > 0
     assert counts["unauthenticated"] > 0
     print(f"\nauthorization matrix: {len(matrix.routes)} routes x {len(callers)} callers")  # noqa: T201

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 
+from hardened.crypto import generate_keyring_entry
 from sf_support import client_for
 from shopfront.app import create_app
 from shopfront.cli import main
@@ -74,6 +75,7 @@ def _production(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
         "HSTS": "true",
         "ALLOWED_HOSTS": "api.shop.example",
         **{name: secrets.token_urlsafe(48) for name in _SERVICE_VARS[2:]},
+        "ENCRYPTION_KEY": generate_keyring_entry("k1"),
         **values,
     }
     for name in ("MIGRATION_DATABASE_URL", "DB_APP_ROLE"):

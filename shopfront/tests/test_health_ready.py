@@ -23,7 +23,7 @@ async def test_ready_checks_postgres_and_redis(postgres_url: str, redis_url: str
     status, body = await _ready(create_app(make_settings(postgres_url, redis_url=redis_url)))
     assert status == 200
     assert body["status"] == "ok"
-    outbound = {f"outbound.{name}" for name in ("crm", "sim", "billing", "sms")}
+    outbound = {f"outbound.{name}" for name in ("crm", "sim", "billing", "sms", "kyc")}
     assert set(body["checks"]) == {"database", "redis", *outbound}  # type: ignore[arg-type]
 
 

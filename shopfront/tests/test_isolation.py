@@ -42,9 +42,22 @@ PUBLIC = {
     ("POST", "/auth/password"),
     ("POST", "/auth/password-reset"),
     ("POST", "/auth/password-reset/confirm"),
+    # The token names its shop; the caller's own token decides the member (test_email_tokens.py).
+    ("POST", "/auth/email/verify"),
+    ("POST", "/auth/email/change"),
+    ("POST", "/auth/email/change/confirm"),
+    # The caller's own KYC record: no resource id (test_pii.py).
+    ("GET", "/kyc/me"),
+    ("PUT", "/kyc/me"),
     ("WEBSOCKET", "/ws/notifications"),
 }
 CSV = "external_ref,customer_email,sku,quantity,note\r\n"
+A_NATIONAL_ID, A_TAX_ID = "4991 1866 5246", "ALPHA1234A"
+A_INTEGRATION = {
+    "platform": "shopify",
+    "shop_domain": "alpha.myshopify.com",
+    "access_token": "shpat_alpha_only_token",
+}
 
 
 async def _seed_a(client: AsyncClient, app: FastAPI) -> tuple[Shop, dict[str, str]]:
@@ -88,7 +101,15 @@ async def _seed_a(client: AsyncClient, app: FastAPI) -> tuple[Shop, dict[str, st
         assert read.status_code == 200, read.text
     keys = (await client.get("/api-keys", headers=a.owner_headers)).json()["items"]
     members = (await client.get("/members", headers=a.owner_headers)).json()["items"]
+    kyc = await client.put(
+        "/kyc/me", json={"national_id": A_NATIONAL_ID, "tax_id": A_TAX_ID}, headers=a.owner_headers
+    )
+    assert kyc.status_code == 200, kyc.text
+    integration = await client.post("/integrations", json=A_INTEGRATION, headers=h)
+    assert integration.status_code == 201, integration.text
     return a, {
+        "kyc_id": kyc.json()["id"],
+        "integration_id": integration.json()["id"],
         **await _seed_wallet(client, a),
         "key_id": keys[0]["id"],
         "invitation_id": invitation["id"],
@@ -217,6 +238,17 @@ def _probes(a: Shop, ids: dict[str, str], b: Shop) -> dict[tuple[str, str], Prob
             path_params={"shipment_id": ids["shipment_id"]},
             json={"status": "returned", "version": 1},
         ),
+        ("GET", "/kyc/search"): Probe(
+            query={"national_id": A_NATIONAL_ID}, expect="absent", secrets=(ids["kyc_id"],)
+        ),
+        ("POST", "/kyc/{record_id}/verify"): Probe(path_params={"record_id": ids["kyc_id"]}),
+        ("GET", "/integrations"): Probe(expect="absent", secrets=(ids["integration_id"],)),
+        ("POST", "/integrations"): Probe(
+            json=A_INTEGRATION, expect="absent", secrets=(ids["integration_id"],)
+        ),
+        ("DELETE", "/integrations/{integration_id}"): Probe(
+            path_params={"integration_id": ids["integration_id"]}
+        ),
     }
 
 
@@ -251,10 +283,14 @@ async def _probe_all(app: FastAPI, shop_db: ShopDatabase) -> None:
             members = (await client.get("/members")).json()["items"]
             keys = (await client.get("/api-keys")).json()["items"]
             invitations = (await client.get("/invitations")).json()["items"]
+            integrations = (await client.get("/integrations")).json()
+            kyc = (await client.get("/kyc/me", headers=a.owner_headers)).json()
     finally:
         await app.state.shopfront.crm.aclose()
         await app.state.shopfront.db.aclose()
-    assert len(probed) == 41
+    assert len(probed) == 46
+    assert [i["id"] for i in integrations] == [ids["integration_id"]]
+    assert (kyc["id"], kyc["status"]) == (ids["kyc_id"], "pending")
     assert [(m["id"], m["role"]) for m in members] == [(ids["owner_id"], "owner")]
     key = next(k for k in keys if k["id"] == ids["key_id"])
     assert (key["revoked_at"], key["replaced_by"]) == (None, None)
@@ -301,7 +337,7 @@ async def test_rls_alone_hides_foreign_rows_from_the_app_role(pg_shop_db: ShopDa
             r[0]
             for r in conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")
         }
-    assert len(tables) == 13  # every table with a tenant_id column
+    assert len(tables) == 18  # every table with a tenant_id column
     assert all(enabled and forced for _, enabled, forced in tables), tables
     assert role == (False, False)
     assert "shopfront_app" not in owners

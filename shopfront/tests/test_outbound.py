@@ -242,7 +242,13 @@ async def test_the_bulkhead_lets_at_most_its_concurrency_reach_the_crm(
 def test_governor_checks_show_the_effective_settings_or_name_the_bad_variable() -> None:
     """governor_checks: the crm line shows CRM_QUEUE_CONCURRENCY=7; "x" is one failing check."""
     checks = {check.name: check for check in governor_checks({"CRM_QUEUE_CONCURRENCY": "7"})}
-    assert set(checks) == {"outbound crm", "outbound sim", "outbound billing", "outbound sms"}
+    assert set(checks) == {
+        "outbound crm",
+        "outbound sim",
+        "outbound billing",
+        "outbound sms",
+        "outbound kyc",
+    }
     assert all(check.ok for check in checks.values())
     crm = checks["outbound crm"].detail.split()
     assert "CRM_QUEUE_CONCURRENCY=7" in crm

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from hardened.cache import Cache, CacheConfig, Tier
-from hardened.crypto import derive_key
+from hardened.crypto import Crypto, LocalKeyProvider, derive_key
 from hardened.db import conflict_error, unavailable_error
 from hardened.fastapi import install_problem_handlers
 from hardened.http import (
@@ -54,15 +54,16 @@ from hardened.observability import Health, check
 from hardened.ratelimit import RateLimitMiddleware
 from hardened.stores import FallbackStore, MemoryStore, RedisStore
 from shopfront import __version__, testing_probe
-from shopfront.auth import build_auth, revocation_listener, secret_value
+from shopfront.auth import build_auth, previous_secret, revocation_listener, secret_value
 from shopfront.crm import Crm
 from shopfront.db import Database
 from shopfront.exactly_once import GUARDED_ROUTES, http_config
 from shopfront.housekeeping import housekeeping
 from shopfront.identity import CREDENTIAL_COOKIES, authenticator
+from shopfront.kyc import HttpKycVerifier, LocalKycVerifier
 from shopfront.limits import build_limits, by_shop
 from shopfront.mailer import OutboxMailer
-from shopfront.models import IDEMPOTENCY, LEDGER
+from shopfront.models import DATA_KEYS, IDEMPOTENCY, LEDGER
 from shopfront.openapi import install_docs
 from shopfront.outbound import build_governors
 from shopfront.permissions import public
@@ -71,6 +72,7 @@ from shopfront.routes import (
     catalog,
     coupons,
     customers,
+    integrations,
     members,
     orders,
     sims,
@@ -79,6 +81,7 @@ from shopfront.routes import (
     wallet,
 )
 from shopfront.routes import auth as auth_routes
+from shopfront.routes import kyc as kyc_routes
 from shopfront.services.imports import IMPORT_MAX_BYTES
 from shopfront.settings import Settings
 from shopfront.sim_provider import SimProvider
@@ -146,7 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # uvicorn's access lines are INFO: off unless asked for (``serve --access-log``).
         levels=None if settings.access_log else {"uvicorn.access": "WARNING"},
     )
-    db = Database(settings)
+    crypto = Crypto(DATA_KEYS, LocalKeyProvider(settings.keyring()))
+    db = Database(settings, crypto)
     store, token_store, redis_client = _stores(settings)
     cache, cache_store = _cache(settings)
     governors = build_governors(store)
@@ -177,6 +181,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         crm=Crm(settings.crm_url, cache, governors["crm"], credentials=_crm_credentials(settings)),
         catalog_items=catalog.items_cache(cache),
         governors=governors,
+        crypto=crypto,
+        kyc_verifier=(
+            HttpKycVerifier(settings.kyc_provider_url, governors["kyc"])
+            if settings.kyc_provider_url
+            else LocalKycVerifier()
+        ),
     )
 
     app = FastAPI(
@@ -210,6 +220,8 @@ def _add_routes(app: FastAPI) -> None:
         wallet.router,
         sims.router,
         telecom.router,
+        kyc_routes.router,
+        integrations.router,
     ):
         app.include_router(router)
 
@@ -260,6 +272,8 @@ def _add_middleware(app: FastAPI, state: AppState) -> None:
         IdempotencyMiddleware,
         backend=state.idempotency,
         secret=state.idempotency_secret,
+        # A retry stored before a SESSION_SECRET rotation still replays during the overlap.
+        previous_secrets=previous_secret(settings, "session_secret", "shopfront idempotency"),
         rules=GUARDED_ROUTES,
         config=http_config(settings),
     )

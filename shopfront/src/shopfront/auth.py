@@ -2,8 +2,10 @@
 
 Keys: every secret purpose gets its own HKDF subkey (refresh-token hashing,
 reset and invitation tokens, CSRF signing), so one configured secret never does
-two jobs. Token store: Redis when configured; in strict mode
-(``AUTH_REQUIRE_REDIS_FOR_TOKENS``) an unreachable store is a 503 with
+two jobs. Rotation: each ``*_PREVIOUS`` secret derives the same subkeys, which
+verify (never sign) during the overlap (see `shopfront.settings`; reset and
+invitation keys have no previous yet). Token store: Redis when configured; in
+strict mode (``AUTH_REQUIRE_REDIS_FOR_TOKENS``) an unreachable store is a 503 with
 ``Retry-After``, otherwise a visible in-process fallback (`FallbackStore`:
 tokens issued during the outage live in that worker only and die with it).
 
@@ -17,6 +19,7 @@ the availability the operator chose.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -26,7 +29,13 @@ from fastapi import Depends
 
 from hardened.auth.passwords import PasswordHasher, PasswordPolicy
 from hardened.auth.refresh import RefreshConfig, RefreshTokens
-from hardened.auth.tokens import AccessClaims, AccessTokenConfig, AccessTokens, revoked_error
+from hardened.auth.tokens import (
+    AccessClaims,
+    AccessTokenConfig,
+    AccessTokens,
+    VerificationKey,
+    revoked_error,
+)
 from hardened.auth.websockets import (
     MemoryRevocationBus,
     RedisRevocationBus,
@@ -53,6 +62,7 @@ __all__ = [
     "SESSION_COOKIE",
     "Auth",
     "build_auth",
+    "previous_secret",
     "revoke_sessions",
     "secret_value",
     "session_of_cookie",
@@ -65,6 +75,7 @@ T = TypeVar("T")
 SESSION_COOKIE = "session"
 ACCESS_COOKIE = "access_token"
 STORE_RETRY_AFTER = 5
+ACCESS_LEEWAY = 30.0
 _log = structlog.get_logger("shopfront.auth")
 
 
@@ -91,6 +102,26 @@ def secret_value(settings: Settings, name: str) -> str:
     return str(value.get_secret_value())
 
 
+def previous_secret(settings: Settings, name: str, purpose: str) -> tuple[bytes, ...]:
+    """The ``purpose`` subkey of ``<name>_previous`` during a rotation; empty otherwise."""
+    value = getattr(settings, f"{name}_previous")
+    return () if value is None else (derive_key(value.get_secret_value(), purpose),)
+
+
+def _previous_jwt(settings: Settings) -> tuple[VerificationKey, ...]:
+    """``JWT_SECRET_PREVIOUS`` under its kid, until ``JWT_PREVIOUS_UNTIL`` or one TTL from now."""
+    value, kid = settings.jwt_secret_previous, settings.jwt_previous_key_id
+    if value is None or kid is None:
+        return ()
+    until = settings.jwt_previous_until
+    not_after = (
+        until.timestamp()
+        if until is not None
+        else time.time() + settings.access_token_ttl + ACCESS_LEEWAY
+    )
+    return (VerificationKey(kid=kid, key=value.get_secret_value(), not_after=not_after),)
+
+
 def build_auth(settings: Settings, store: Store, primary: Store, redis_client: Any | None) -> Auth:
     """Every auth component of the service, from its settings.
 
@@ -99,6 +130,7 @@ def build_auth(settings: Settings, store: Store, primary: Store, redis_client: A
     """
     session_secret = secret_value(settings, "session_secret")
     refresh_key = derive_key(session_secret, "shopfront refresh tokens")
+    refresh_previous = previous_secret(settings, "session_secret", "shopfront refresh tokens")
     refresh_config = RefreshConfig(
         ttl=float(settings.refresh_token_ttl), grace=settings.refresh_grace_seconds
     )
@@ -124,14 +156,26 @@ def build_auth(settings: Settings, store: Store, primary: Store, redis_client: A
                 audience=settings.jwt_audience,
                 signing_key=secret_value(settings, "jwt_secret"),
                 ttl=float(settings.access_token_ttl),
+                leeway=ACCESS_LEEWAY,
+                kid=settings.jwt_key_id,
+                previous_keys=_previous_jwt(settings),
             )
         ),
-        refresh=RefreshTokens(store, key=refresh_key, config=refresh_config, on_revoked=on_revoked),
-        sessions=RefreshTokens(primary, key=refresh_key, config=refresh_config),
+        refresh=RefreshTokens(
+            store,
+            key=refresh_key,
+            previous_keys=refresh_previous,
+            config=refresh_config,
+            on_revoked=on_revoked,
+        ),
+        sessions=RefreshTokens(
+            primary, key=refresh_key, previous_keys=refresh_previous, config=refresh_config
+        ),
         reset_key=derive_key(session_secret, "shopfront password resets"),
         invitation_key=derive_key(session_secret, "shopfront invitations"),
         csrf=CSRFPolicy(
             secret=derive_key(secret_value(settings, "cookie_secret"), "shopfront csrf"),
+            previous_secrets=previous_secret(settings, "cookie_secret", "shopfront csrf"),
             cookie_secure=settings.cookies_secure,
         ),
         registry=registry,

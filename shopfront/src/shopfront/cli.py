@@ -1,4 +1,4 @@
-"""``shopfront`` command line: serve, check, migrate, create-shop, top-up.
+"""``shopfront`` command line: serve, check, migrate, create-shop, top-up, keygen, keys.
 
 Configuration errors exit with status 2 and a message naming each bad
 variable (never its value); ``check`` exits 1 when the deploy is not ready.
@@ -191,7 +191,10 @@ def _check(_args: argparse.Namespace) -> int:
 
     settings = _load()
     ready, report = readiness(settings, live_checks(settings))
-    sys.stdout.write(report + "\n")
+    lines = report.splitlines()
+    # Warnings do not decide readiness: listed above the verdict, names only, never values.
+    lines[-1:-1] = [f"[warn] {warning}" for warning in settings.secret_warnings()]
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0 if ready else 1
 
 
@@ -254,6 +257,50 @@ def _top_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from hardened.crypto import generate_keyring_entry  # noqa: PLC0415
+
+    sys.stdout.write(generate_keyring_entry(args.id) + "\n")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from shopfront.keys import KeyCommands  # noqa: PLC0415
+
+    if args.action in ("rotate", "shred") and not args.shop:
+        sys.stderr.write(f"shopfront: keys {args.action} needs --shop\n")
+        return 1
+    if args.action == "shred" and not args.yes:
+        sys.stderr.write("shopfront: shredding cannot be undone; add --yes to confirm\n")
+        return 1
+
+    async def run() -> object:
+        commands = KeyCommands(_load())
+        try:
+            if args.action == "status":
+                return await commands.status()
+            if args.action == "rewrap":
+                return {"rewrapped": await commands.rewrap()}
+            if args.action == "rotate":
+                return {"version": await commands.rotate(args.shop)}
+            if args.action == "reencrypt":
+                return await commands.reencrypt(batch=args.batch, rows_per_second=args.rate)
+            return {"destroyed_keys": await commands.shred(args.shop)}
+        finally:
+            await commands.aclose()
+
+    try:
+        result = asyncio.run(run())
+    except LookupError as exc:
+        sys.stderr.write(f"shopfront: {exc.args[0]}\n")
+        return 1
+    sys.stdout.write(json.dumps(result, default=str) + "\n")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopfront", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +334,16 @@ def _parser() -> argparse.ArgumentParser:
     top.add_argument("--domain", required=True)
     top.add_argument("--amount", type=int, required=True)
     top.set_defaults(handler=_top_up)
+    keygen = sub.add_parser("keygen", help="print a new ENCRYPTION_KEY entry (id:key)")
+    keygen.add_argument("--id", default="k1", help="the key id (e.g. k2 for the next KEK)")
+    keygen.set_defaults(handler=_keygen)
+    keys = sub.add_parser("keys", help="field encryption: status, rewrap, rotate, reencrypt, shred")
+    keys.add_argument("action", choices=("status", "rewrap", "rotate", "reencrypt", "shred"))
+    keys.add_argument("--shop", help="the shop's domain (rotate, shred)")
+    keys.add_argument("--batch", type=int, default=500, help="rows per transaction (reencrypt)")
+    keys.add_argument("--rate", type=float, default=None, help="max rows per second (reencrypt)")
+    keys.add_argument("--yes", action="store_true", help="confirm shredding")
+    keys.set_defaults(handler=_keys)
     return parser
 
 

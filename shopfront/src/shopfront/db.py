@@ -22,10 +22,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from hardened.crypto import install_encryption
 from hardened.db.tenancy import TenantSession
 from hardened.db.transaction import sqlite_immediate_transactions
 
 if TYPE_CHECKING:
+    from hardened.crypto import Crypto
     from shopfront.settings import Settings
 
 __all__ = ["Database"]
@@ -59,7 +61,7 @@ def _engine(settings: Settings, *, size: int, overflow: int) -> AsyncEngine:
 class Database:
     """The service's engines and its session factory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, crypto: Crypto | None = None) -> None:
         self.engine: AsyncEngine = _engine(
             settings, size=settings.db_pool_size, overflow=settings.db_max_overflow
         )
@@ -68,13 +70,18 @@ class Database:
         )
         self._reserved = 0 if settings.is_sqlite else settings.idempotency_pool_size
         # TenantSession scopes every statement to the session's tenant (and sets
-        # app.tenant_id per transaction for PostgreSQL row-level security).
+        # app.tenant_id per transaction for PostgreSQL row-level security); the
+        # subclass is this app's own, so its field encryption (its keyring) is too.
+        session_class = type("ShopSession", (TenantSession,), {})
         self.sessions = async_sessionmaker(
             self.engine,
             expire_on_commit=False,
             class_=AsyncSession,
-            sync_session_class=TenantSession,
+            sync_session_class=session_class,
         )
+        self.crypto = crypto
+        if crypto is not None:
+            install_encryption(session_class, crypto)
 
     async def ping(self) -> None:
         """Readiness probe: one trivial query."""

@@ -5,7 +5,11 @@ worker through Redis) by `RateLimitMiddleware`, keyed on the identity the
 identity step recorded; sign-in is limited per account and per client IP, so
 neither a guessed password list against one account nor one address spraying
 many accounts gets far; opening a shop and accepting an invitation (both hash
-a password) per client IP.
+a password) per client IP. Redeeming an emailed token (``POST /auth/email/verify``,
+``/auth/email/change/confirm``) is limited per client IP (``email_token_ip``,
+the sign-up quota), so nobody sprays guesses; asking for an email change
+(it checks the password and sends a mail) per member (``email_change``, the
+password-reset quota).
 
 Route policies ride on the tenant check, so a catalog read answers to its
 tenant quota and its route quota in one round trip, and a refused read
@@ -70,6 +74,8 @@ class Limits:
     login_ip: Policy
     password_reset: Policy
     signup_ip: Policy
+    email_token_ip: Policy
+    email_change: Policy
     catalog: Policy
     orders: Policy
     uploads: Policy
@@ -120,6 +126,9 @@ def build_limits(settings: Settings, store: AtomicScripts) -> Limits:
         login_ip=_policy("login_ip", settings.rate_limit_login, fail_mode=login_mode),
         password_reset=_policy("password_reset", settings.rate_limit_password_reset),
         signup_ip=_policy("signup_ip", settings.rate_limit_signup),
+        # Their own names (own counters), the quotas of the routes they resemble.
+        email_token_ip=_policy("email_token_ip", settings.rate_limit_signup),
+        email_change=_policy("email_change", settings.rate_limit_password_reset),
         catalog=_policy("catalog", settings.rate_limit_catalog),
         orders=_policy("orders", settings.rate_limit_orders),
         uploads=_policy("uploads", settings.rate_limit_uploads),

@@ -1,8 +1,9 @@
 """Outgoing account emails. No provider is wired yet (outbound governance comes later).
 
 `OutboxMailer` keeps the last messages in memory: tests and development read
-reset and invitation links from it. The token itself is never logged; only that a message was
-queued, to whom (redacted by the logging pipeline).
+reset, invitation, verification and email-change links from it. The token
+itself is never logged; only that a message was queued, to whom (redacted by
+the logging pipeline).
 """
 
 from __future__ import annotations
@@ -43,3 +44,11 @@ class OutboxMailer:
 
     async def invitation(self, *, shop: str, email: str, token: str) -> None:
         self._queue(Message("invitation", shop, email, token))
+
+    async def email_verification(self, *, shop: str, email: str, token: str) -> None:
+        """The sign-up mail: its link (``POST /auth/email/verify``) proves ``email`` is theirs."""
+        self._queue(Message("email_verification", shop, email, token))
+
+    async def email_change(self, *, shop: str, email: str, token: str) -> None:
+        """Sent to the new address only: confirming proves the member receives mail there."""
+        self._queue(Message("email_change", shop, email, token))

@@ -27,9 +27,11 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from hardened.crypto import BlindIndex, Encrypted, EncryptedField, data_keys_table, encrypted
 from hardened.db.integrity import Versioned
 from hardened.db.limits import position_check
 from hardened.db.tenancy import TenantScoped
@@ -37,8 +39,12 @@ from hardened.idempotency import idempotency_table
 from hardened.ledger import ledger_tables
 
 __all__ = [
+    "DATA_KEYS",
+    "EMAIL_TOKEN_PURPOSES",
     "IDEMPOTENCY",
+    "KYC_STATUSES",
     "LEDGER",
+    "MAX_ADDRESS_CHARS",
     "MAX_ORDER_LINES",
     "NAMING",
     "ROLE_NAMES",
@@ -48,7 +54,11 @@ __all__ = [
     "Coupon",
     "CouponUsage",
     "Customer",
+    "EmailToken",
+    "Integration",
     "Invitation",
+    "KycRecord",
+    "OAuthAccount",
     "Order",
     "OrderLine",
     "OrderStatusChange",
@@ -58,6 +68,7 @@ __all__ = [
     "Tenant",
     "UTCDateTime",
     "User",
+    "digits_and_letters",
 ]
 
 MAX_ORDER_LINES = 100
@@ -124,6 +135,9 @@ class User(TenantScoped, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "email"),
         CheckConstraint(_ROLE_CHECK, name="role"),
+        CheckConstraint(
+            "kyc_status IN ('none', 'pending', 'verified', 'rejected')", name="kyc_status"
+        ),
         Index("ix_users_tenant_role", "tenant_id", "role"),
     )
 
@@ -132,6 +146,10 @@ class User(TenantScoped, Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    # When the member last proved they receive mail at ``email`` (None: never).
+    email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set with the KYC record's status, in the same transaction (shopfront.kyc.verify).
+    kyc_status: Mapped[str] = mapped_column(String(20), default="none", server_default="none")
 
 
 class ApiKey(TenantScoped, Base):
@@ -165,9 +183,17 @@ class Invitation(TenantScoped, Base):
 
     __tablename__ = "invitations"
     __table_args__ = (
-        UniqueConstraint("token_hash"),
         CheckConstraint(_ROLE_CHECK, name="role"),
         Index("ix_invitations_tenant_created", "tenant_id", "created_at", "id"),
+        # Acceptance looks up pending invitations only (see `EmailToken` for why partial).
+        Index(
+            "ix_invitations_live",
+            "tenant_id",
+            "token_hash",
+            unique=True,
+            postgresql_where=text("accepted_at IS NULL"),
+            sqlite_where=text("accepted_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = _id()
@@ -184,12 +210,71 @@ class PasswordReset(TenantScoped, Base):
     """A single-use, expiring reset token, stored as a keyed hash."""
 
     __tablename__ = "password_resets"
+    __table_args__ = (
+        # A reset looks up unused tokens only (see `EmailToken` for why partial).
+        Index(
+            "ix_password_resets_live",
+            "tenant_id",
+            "token_hash",
+            unique=True,
+            postgresql_where=text("used_at IS NULL"),
+            sqlite_where=text("used_at IS NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = _id()
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- Email verification and email change (shopfront.services.accounts) ---------------------
+
+EMAIL_TOKEN_PURPOSES = ("verify", "change")
+
+
+class EmailToken(TenantScoped, Base):
+    """A single-use, expiring token mailed to ``email``, stored as a keyed hash.
+
+    ``verify`` proves the member receives mail at their address; ``change``
+    makes ``email`` (the new address, where the token was sent) theirs. Every
+    lookup is of a live token, so the hash index covers only unused rows: it
+    stays as small as the pending tokens however many used ones accumulate,
+    and its uniqueness (per shop, among live tokens) is what makes a presented
+    token match at most one row. A used row keeps its hash, unindexed, as a
+    record. Deleting the member deletes their tokens.
+    """
+
+    __tablename__ = "email_tokens"
+    __table_args__ = (
+        CheckConstraint(
+            "purpose IN ({})".format(", ".join(f"'{p}'" for p in EMAIL_TOKEN_PURPOSES)),
+            name="purpose",
+        ),
+        Index(
+            "ix_email_tokens_live",
+            "tenant_id",
+            "token_hash",
+            unique=True,
+            postgresql_where=text("used_at IS NULL"),
+            sqlite_where=text("used_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    purpose: Mapped[str] = mapped_column(String(10))
+    email: Mapped[str] = mapped_column(String(320))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- end of email tokens --------------------------------------------------------------------
 
 
 class Customer(TenantScoped, Base):
@@ -361,3 +446,82 @@ class SimActivation(TenantScoped, Base):
 # it only through the authenticated shop's own wallet (see shopfront.routes.wallet).
 LEDGER = ledger_tables(Base.metadata)
 IDEMPOTENCY = idempotency_table(Base.metadata)
+# Each shop's data keys, wrapped by ENCRYPTION_KEY (the encrypted models below use them).
+DATA_KEYS = data_keys_table(Base.metadata, "data_keys")
+
+
+# Personal data and credentials: every sensitive field is a `hardened.crypto` ciphertext
+# bound to its cell under the shop's data key; national and tax ids carry blind indexes
+# so staff find a record by number without the database ever holding the number.
+KYC_STATUSES = ("pending", "verified", "rejected")
+MAX_ADDRESS_CHARS = 500
+# Sized for the largest shop we plan for; the bit rule keeps >= 2 rows per index value.
+_EXPECTED_KYC_ROWS = 1_000_000
+
+
+def digits_and_letters(value: str) -> str:
+    """Ids compare without spaces, dashes or case ("ABCDE 1234 F" = "abcde1234f")."""
+    return "".join(ch for ch in value.upper() if ch.isalnum())
+
+
+class KycRecord(TenantScoped, Encrypted, Base):
+    """A member's KYC record; one per member, verified by a provider."""
+
+    __tablename__ = "kyc_records"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "user_id"),
+        CheckConstraint(
+            "status IN ({})".format(", ".join(f"'{s}'" for s in KYC_STATUSES)), name="status"
+        ),
+        Index("ix_kyc_records_tenant_status", "tenant_id", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    national_id: EncryptedField[str] = encrypted(
+        blind_index=BlindIndex(_EXPECTED_KYC_ROWS, normalise=digits_and_letters)
+    )
+    tax_id: EncryptedField[str] = encrypted(
+        blind_index=BlindIndex(_EXPECTED_KYC_ROWS, normalise=digits_and_letters)
+    )
+    bank_account: EncryptedField[str | None] = encrypted(nullable=True)
+    address: EncryptedField[str | None] = encrypted(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OAuthAccount(TenantScoped, Encrypted, Base):
+    """A member's linked OAuth account (e.g. Google): the tokens only encrypted."""
+
+    __tablename__ = "oauth_accounts"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "provider", "subject"),
+        Index("ix_oauth_accounts_tenant_user", "tenant_id", "user_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    provider: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(255))
+    access_token: EncryptedField[str] = encrypted()
+    refresh_token: EncryptedField[str | None] = encrypted(nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class Integration(TenantScoped, Encrypted, Base):
+    """A shop-platform integration (e.g. Shopify): the access token only encrypted."""
+
+    __tablename__ = "integrations"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "platform", "shop_domain"),
+        Index("ix_integrations_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    platform: Mapped[str] = mapped_column(String(40))
+    shop_domain: Mapped[str] = mapped_column(String(253))
+    access_token: EncryptedField[str] = encrypted()
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)

@@ -12,7 +12,8 @@ a long-running lane of 22 with 10 min): the CRM serves page reads, so an
 attempt gets 2 s and a call 5 s in all (stale cache entries cover the
 rest), and its cap is the CRM's 600 a minute with a burst of 30 (a cold
 page makes six reads at once); a SIM activation gets 5 s per attempt and 15 s in all (it carries an
-idempotency key, so it may be retried); billing and the SMS gateway keep the
+idempotency key, so it may be retried); a KYC verification 5 s per attempt and
+10 s in all (a staff member waits for it); billing and the SMS gateway keep the
 library's defaults.
 """
 
@@ -39,6 +40,7 @@ DEPENDENCIES: Mapping[str, Mapping[str, object]] = {
     "sim": {"lane": LaneConfig(BulkheadConfig(), timeout=5.0, deadline=15.0)},
     "billing": {},
     "sms": {},
+    "kyc": {"lane": LaneConfig(BulkheadConfig(), timeout=5.0, deadline=10.0)},
 }
 
 

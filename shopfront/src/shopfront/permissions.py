@@ -5,9 +5,11 @@ role        adds
 ==========  ==================================================================
 read_only   the shop, catalog, coupons, orders and shipments, the wallet balance
 staff       customers (read and write: their emails are personal data), placing
-            orders and moving them along (transitions, shipments), SIM activation
+            orders and moving them along (transitions, shipments), SIM activation,
+            finding members' KYC records by number
 admin       catalog and coupon writes, bulk import, spending and refunding
-            credits, members, invitations and API keys (up to their own role)
+            credits, members, invitations and API keys (up to their own role),
+            KYC verification, platform integrations (their tokens)
 owner       owners: only an owner makes, demotes or removes an owner
 ==========  ==================================================================
 
@@ -38,7 +40,10 @@ ROLES = Roles.ladder(
             "wallet:read",
         },
     ),
-    ("staff", {"customers:read", "customers:write", "orders:write", "sims:activate"}),
+    (
+        "staff",
+        {"customers:read", "customers:write", "orders:write", "sims:activate", "kyc:read"},
+    ),
     (
         "admin",
         {
@@ -49,6 +54,8 @@ ROLES = Roles.ladder(
             "members:read",
             "members:manage",
             "api_keys:manage",
+            "kyc:verify",
+            "integrations:manage",
         },
     ),
     ("owner", {"owners:manage"}),

@@ -5,17 +5,45 @@ directory and in-process stores, development mode with random secrets
 generated once into ``./.shopfront-secrets`` (mode 0600, git-ignored).
 Production sets ``ENVIRONMENT=production``, real secrets, and ``DATABASE_URL`` /
 ``REDIS_URL``.
+
+Rotating a secret (every one of them rotates): set the new value, move the old
+one to ``<NAME>_PREVIOUS`` (same rules as the secret; never generated in
+development), and drop it after the overlap.
+
+* ``JWT_SECRET``: give the new key a new ``JWT_KEY_ID`` and name the old one
+  ``JWT_PREVIOUS_KEY_ID`` (tokens carry their key id). The previous key
+  verifies until ``JWT_PREVIOUS_UNTIL`` (an ISO datetime with a time zone)
+  when set, else for ``ACCESS_TOKEN_TTL`` (plus the 30 s leeway) after this
+  process started: enough for a one-off deploy, but every restart during the
+  overlap extends it, so set ``JWT_PREVIOUS_UNTIL`` to rotation time + TTL
+  when restarts are routine. Tokens issued before key ids existed verify
+  against the current key only: roll out ``JWT_KEY_ID`` one TTL before the
+  first rotation.
+* ``SESSION_SECRET``: the previous value keeps refresh-token families (each
+  moves to the new key at its next refresh; keep it ``REFRESH_TOKEN_TTL``)
+  and idempotency records (keep it ``IDEMPOTENCY_RETENTION``) working;
+  outstanding password-reset and invitation tokens do not survive the
+  rotation yet.
+* ``COOKIE_SECRET``: the previous value keeps CSRF tokens of signed-in
+  browsers valid (keep it ``REFRESH_TOKEN_TTL``; a browser that fails reloads).
+
+``SECRETS_ROTATED_AT`` (an ISO date) records the last rotation; ``shopfront
+check`` reports every secret older than ``SECRET_MAX_AGE_DAYS`` by variable
+name: a failed check in production, a warning elsewhere.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
+from datetime import UTC, date, datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AwareDatetime, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from hardened.config import Check, HardenedSettings
+from hardened.config import Check, ConfigError, HardenedSettings, SettingProblem, secret_problem
+from hardened.crypto import Keyring, derive_key
 from shopfront.outbound import governor_checks
 
 __all__ = ["DEV_SECRETS_FILE", "Settings", "async_database_url"]
@@ -23,6 +51,13 @@ __all__ = ["DEV_SECRETS_FILE", "Settings", "async_database_url"]
 DEV_SECRETS_FILE = ".shopfront-secrets"
 
 CsvList = Annotated[tuple[str, ...], NoDecode]
+KEY_ID = r"^[A-Za-z0-9._-]{1,64}$"
+# Optional secrets, set only during a rotation: never generated, never required.
+PREVIOUS_SECRETS = {
+    "jwt_secret_previous": "jwt_secret",
+    "session_secret_previous": "session_secret",
+    "cookie_secret_previous": "cookie_secret",
+}
 
 
 def async_database_url(url: str) -> str:
@@ -53,6 +88,24 @@ class Settings(HardenedSettings):
     jwt_secret: SecretStr | None = None
     session_secret: SecretStr | None = None
     cookie_secret: SecretStr | None = None
+    jwt_secret_previous: SecretStr | None = None
+    session_secret_previous: SecretStr | None = None
+    cookie_secret_previous: SecretStr | None = None
+    encryption_key: SecretStr | None = None
+    """The key-encryption keyring (``ENCRYPTION_KEY``): ``id:key`` entries, first primary,
+    each key 32 random bytes in hex or base64 (``shopfront keygen`` prints one). Required
+    in production; elsewhere, when unset, one key is derived from ``SESSION_SECRET``."""
+    """The values before the last rotation, accepted (never used to sign) during the overlap."""
+    jwt_key_id: str = Field(default="k1", pattern=KEY_ID)
+    """The ``kid`` of ``JWT_SECRET`` in every access token's header."""
+    jwt_previous_key_id: str | None = Field(default=None, pattern=KEY_ID)
+    """The ``kid`` ``JWT_SECRET_PREVIOUS`` signed with (required with it)."""
+    jwt_previous_until: AwareDatetime | None = None
+    """When ``JWT_SECRET_PREVIOUS`` stops verifying; unset: ``ACCESS_TOKEN_TTL`` after start-up."""
+    secrets_rotated_at: date | None = None
+    """The date the secrets were last rotated (ISO), for ``shopfront check``."""
+    secret_max_age_days: int = Field(default=90, ge=1, le=3650)
+    """Days a secret may go unrotated before ``shopfront check`` reports it."""
 
     allowed_hosts: CsvList = ("*",)
     trusted_proxies: CsvList = ()
@@ -128,6 +181,9 @@ class Settings(HardenedSettings):
     housekeeping_interval: float = Field(default=60.0, ge=0)
     """Seconds between sweeps of expired holds and idempotency records (0: off)."""
     sim_provider_url: str | None = None
+    kyc_provider_url: str | None = None
+    """The KYC provider (``POST /verifications``); unset: offline checks (Aadhaar Verhoeff
+    digit, PAN format) by `shopfront.kyc.LocalKycVerifier`."""
     """The SIM provider's base URL; unset, activation answers 503 sim.not_configured."""
     sim_activation_price: int = Field(default=500, ge=0)
     """Credits one SIM activation costs."""
@@ -196,6 +252,99 @@ class Settings(HardenedSettings):
                 raise ValueError(msg)
         return self
 
+    @classmethod
+    def secret_fields(cls) -> list[str]:
+        """The required secrets: the ``*_PREVIOUS`` ones are optional (checked on their own)."""
+        return [
+            name
+            for name in super().secret_fields()
+            if name not in PREVIOUS_SECRETS and name != "encryption_key"
+        ]
+
+    @model_validator(mode="after")
+    def _check_encryption_key(self) -> Settings:
+        if self.encryption_key is None:
+            if self.environment == "production":
+                raise ConfigError([SettingProblem("ENCRYPTION_KEY", "is required")])
+            return self
+        try:
+            Keyring.parse(self.encryption_key.get_secret_value())
+        except ValueError as exc:
+            raise ConfigError([SettingProblem("ENCRYPTION_KEY", str(exc))]) from None
+        return self
+
+    def keyring(self) -> Keyring:
+        """The ``ENCRYPTION_KEY`` keyring (outside production without one: from SESSION_SECRET)."""
+        if self.encryption_key is not None:
+            return Keyring.parse(self.encryption_key.get_secret_value())
+        assert self.session_secret is not None  # noqa: S101 - required outside development
+        derived = derive_key(self.session_secret.get_secret_value(), "shopfront dev encryption key")
+        return Keyring(primary="dev", keys={"dev": derived})
+
+    @model_validator(mode="after")
+    def _check_previous_secrets(self) -> Settings:
+        problems = []
+        for name, current in PREVIOUS_SECRETS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            env = self.env_name(name)
+            old = value.get_secret_value()
+            reason = secret_problem(old)
+            now = getattr(self, current)
+            if (
+                reason is None
+                and now is not None
+                and hmac.compare_digest(old.encode(), now.get_secret_value().encode())
+            ):
+                reason = f"equals {self.env_name(current)}; set it to the value before that"
+            if reason:
+                problems.append(SettingProblem(env, reason))
+        if self.jwt_secret_previous is not None:
+            if self.jwt_previous_key_id is None:
+                problems.append(
+                    SettingProblem("JWT_PREVIOUS_KEY_ID", "is required with the previous secret")
+                )
+            elif self.jwt_previous_key_id == self.jwt_key_id:
+                problems.append(
+                    SettingProblem("JWT_PREVIOUS_KEY_ID", "must differ from JWT_KEY_ID")
+                )
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def secret_age_problems(self, today: date | None = None) -> list[str]:
+        """One line per secret older than ``SECRET_MAX_AGE_DAYS``, naming it (never its value)."""
+        if self.secrets_rotated_at is None:
+            return []
+        age = ((today or datetime.now(UTC).date()) - self.secrets_rotated_at).days
+        if age <= self.secret_max_age_days:
+            return []
+        since = f"rotated {age} days ago ({self.secrets_rotated_at.isoformat()})"
+        return [
+            f"{self.env_name(name)} {since}, over SECRET_MAX_AGE_DAYS={self.secret_max_age_days}"
+            for name in self.secret_fields()
+        ]
+
+    def secret_warnings(self, today: date | None = None) -> list[str]:
+        """What ``shopfront check`` warns about: stale secrets outside production, unknown age."""
+        if self.secrets_rotated_at is None:
+            return ["SECRETS_ROTATED_AT is unset: the secrets' age is unknown"]
+        return [] if self.environment == "production" else self.secret_age_problems(today)
+
+    def _secret_age_checks(self) -> list[Check]:
+        """In production a secret past its age fails readiness; elsewhere it is a warning."""
+        if self.environment != "production" or self.secrets_rotated_at is None:
+            return []
+        problems = self.secret_age_problems()
+        return [
+            Check(
+                f"secrets younger than {self.secret_max_age_days} days",
+                not problems,
+                "; ".join(problems) or f"rotated {self.secrets_rotated_at.isoformat()}",
+            )
+        ]
+
     @property
     def sqlalchemy_url(self) -> str:
         return async_database_url(self.database_url)
@@ -239,5 +388,11 @@ class Settings(HardenedSettings):
             Check("HSTS is on", self.hsts, "HSTS=true behind TLS"),
             Check("cookies are Secure", self.cookies_secure, "COOKIE_SECURE=true (the default)"),
             Check("ALLOWED_HOSTS is explicit", "*" not in self.allowed_hosts, "no wildcard host"),
+            Check(
+                "ENCRYPTION_KEY is set",
+                self.encryption_key is not None,
+                "derived from SESSION_SECRET" if self.encryption_key is None else "keyring set",
+            ),
             *governor_checks(),
+            *self._secret_age_checks(),
         ]

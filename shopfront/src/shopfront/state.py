@@ -9,6 +9,7 @@ from fastapi import Request
 
 if TYPE_CHECKING:
     from hardened.cache import Cache, Namespace
+    from hardened.crypto import Crypto
     from hardened.http import Drain
     from hardened.idempotency import SqlBackend
     from hardened.ledger import Ledger
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from shopfront.auth import Auth
     from shopfront.crm import Crm
     from shopfront.db import Database
+    from shopfront.kyc import KycVerifier
     from shopfront.limits import Limits
     from shopfront.mailer import OutboxMailer
     from shopfront.schemas import CatalogItemOut
@@ -48,11 +50,15 @@ class AppState:
     crm: Crm
     catalog_items: Namespace[list[CatalogItemOut]]
     governors: Governors
-    """One governor per outbound dependency (``crm``, ``sim``, ``billing``, ``sms``)."""
+    """One governor per outbound dependency (``crm``, ``sim``, ``billing``, ``sms``, ``kyc``)."""
+    crypto: Crypto
+    """Field encryption: the ``ENCRYPTION_KEY`` keyring and the shops' data keys."""
+    kyc_verifier: KycVerifier
 
     async def aclose(self) -> None:
         """Close what the app opened, users before what they use (clients, cache, stores, db)."""
         await self.sim.aclose()
+        await self.kyc_verifier.aclose()
         await self.crm.aclose()
         await self.cache.aclose()
         await self.cache_store.aclose()

@@ -11,7 +11,10 @@ from hardened.db.rls import app_role_statements, drop_rls_statements, rls_statem
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["protect_tenant_tables", "unprotect_tenant_tables"]
+__all__ = ["APPEND_ONLY", "protect_tenant_tables", "unprotect_tenant_tables"]
+
+# Rotating and destroying data keys is the operator's command, never the app's.
+APPEND_ONLY = ("data_keys",)
 
 
 def protect_tenant_tables(tables: Sequence[str]) -> None:
@@ -24,6 +27,12 @@ def protect_tenant_tables(tables: Sequence[str]) -> None:
     role = context.config.attributes.get("app_role", "shopfront_app")
     for statement in app_role_statements(role):
         op.execute(statement)
+    # The grants above cover every table; these the app may only read and add to.
+    for table in APPEND_ONLY:
+        op.execute(
+            f"DO $$ BEGIN IF to_regclass('{table}') IS NOT NULL THEN"
+            f' REVOKE UPDATE, DELETE ON {table} FROM "{role}"; END IF; END $$'
+        )
 
 
 def unprotect_tenant_tables(tables: Sequence[str]) -> None:

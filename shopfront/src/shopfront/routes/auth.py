@@ -1,4 +1,7 @@
-"""Sign-up (accepting an invitation), sign-in, refresh, sign-out, sessions, passwords; the socket.
+"""Sign-up, sign-in, refresh, sign-out, sessions, passwords, email addresses; the socket.
+
+Sign-up accepts an invitation; an email address is verified, or changed, by
+redeeming a token mailed to it.
 
 Two modes: bearer (tokens in the JSON body, for API clients) and cookie (HttpOnly
 ``session`` and ``access_token`` cookies plus a readable CSRF cookie, for
@@ -24,6 +27,7 @@ from hardened.auth.websockets import (
 from hardened.errors import HardenedError, NotFound, Unauthorized
 from hardened.fastapi import client_ip
 from hardened.http import Credentials, Identity, issue_csrf_token
+from hardened.ratelimit import Policy
 from shopfront.auth import (
     ACCESS_COOKIE,
     SESSION_COOKIE,
@@ -87,6 +91,15 @@ class ResetConfirmIn(_In):
     shop: ShopDomain
     token: Token
     new_password: Password
+
+
+class EmailTokenIn(_In):
+    token: Token
+
+
+class EmailChangeIn(_In):
+    new_email: EmailStr
+    password: Password
 
 
 class TokensOut(BaseModel):
@@ -155,15 +168,20 @@ async def _tenant_or_none(state: AppState, domain: str) -> uuid.UUID | None:
 
 @router.post("/signup", status_code=status.HTTP_201_CREATED, dependencies=[public()])
 async def signup(body: SignupIn, request: Request, auth: AuthDep, state: State) -> dict[str, str]:
-    """Join a shop by accepting an invitation (its email and role); any failure is the same 401."""
+    """Join a shop by accepting an invitation (its email and role); any failure is the same 401.
+
+    The new member is sent a verification mail: its token, redeemed at
+    ``POST /auth/email/verify``, sets ``email_verified_at``. (The invitation
+    does not prove the address: whoever invited sees its token.)
+    """
     await enforce(state.limits, [(state.limits.signup_ip, client_ip(request) or "unknown")])
+    tenant_id = await _tenant_or_none(state, body.shop)
     user_id = await members.accept_invitation(
-        auth,
-        state.db.sessions,
-        await _tenant_or_none(state, body.shop),
-        token=body.invitation,
-        password=body.password,
+        auth, state.db.sessions, tenant_id, token=body.invitation, password=body.password
     )
+    assert tenant_id is not None  # noqa: S101 - accepting needs the shop
+    email, token = await accounts.start_verification(auth, state.db.sessions, tenant_id, user_id)
+    await state.mailer.email_verification(shop=body.shop, email=email, token=token)
     return {"user_id": str(user_id)}
 
 
@@ -263,6 +281,59 @@ async def request_reset(body: ResetRequestIn, auth: AuthDep, state: State) -> di
 async def confirm_reset(body: ResetConfirmIn, auth: AuthDep, state: State) -> None:
     """Set a new password with a single-use, expiring reset token."""
     await accounts.confirm_reset(auth, state.db.sessions, body.shop, body.token, body.new_password)
+
+
+def _email_token_hits(state: AppState, request: Request) -> list[tuple[Policy, str]]:
+    return [(state.limits.email_token_ip, client_ip(request) or "unknown")]
+
+
+@router.post("/email/verify", status_code=status.HTTP_204_NO_CONTENT, dependencies=[public()])
+async def verify_email(body: EmailTokenIn, request: Request, auth: AuthDep, state: State) -> None:
+    """Confirm the address a sign-up mail went to: the token works once, for 48 hours.
+
+    Unknown, used, superseded and expired tokens are all 400 ``auth.invalid_email_token``.
+    """
+    await enforce(state.limits, _email_token_hits(state, request))
+    await accounts.verify_email(auth, state.db.sessions, body.token)
+
+
+@router.post("/email/change", status_code=status.HTTP_202_ACCEPTED)
+async def change_email(
+    body: EmailChangeIn, user: User, auth: AuthDep, state: State
+) -> dict[str, str]:
+    """Ask to move the account to ``new_email`` (the current password is required).
+
+    A confirmation token goes to the new address only, valid for an hour; the
+    email changes when it is redeemed at ``POST /auth/email/change/confirm``.
+    A wrong password is 401 ``auth.invalid_credentials``.
+    """
+    claims = _claims(user)
+    await enforce(state.limits, [(state.limits.email_change, claims.sub)])
+    shop, token = await accounts.request_email_change(
+        auth,
+        state.db.sessions,
+        tenant_id=uuid.UUID(claims.tenant),
+        user_id=uuid.UUID(claims.sub),
+        new_email=body.new_email,
+        password=body.password,
+    )
+    await state.mailer.email_change(shop=shop, email=body.new_email, token=token)
+    return {"status": "accepted"}
+
+
+@router.post(
+    "/email/change/confirm", status_code=status.HTTP_204_NO_CONTENT, dependencies=[public()]
+)
+async def confirm_email_change(
+    body: EmailTokenIn, request: Request, auth: AuthDep, state: State
+) -> None:
+    """Redeem an email-change token once: its address becomes the account's, verified.
+
+    400 ``auth.invalid_email_token`` as for verification; 409 ``auth.email_taken`` when
+    another member of the shop has the address by now (the token stays usable).
+    """
+    await enforce(state.limits, _email_token_hits(state, request))
+    await accounts.confirm_email_change(auth, state.db.sessions, body.token)
 
 
 @sockets.websocket("/ws/notifications")
