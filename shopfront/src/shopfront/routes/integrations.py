@@ -13,7 +13,6 @@ from hardened.errors import Conflict, NotFound
 from hardened.fields import text
 from shopfront.models import Base, Integration
 from shopfront.permissions import allow
-from shopfront.schemas import Domain
 from shopfront.tenant_auth import Tenancy
 
 __all__ = ["router"]
@@ -24,7 +23,10 @@ router = APIRouter(prefix="/integrations", tags=["integrations"])
 class IntegrationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     platform: Literal["shopify", "woocommerce"]
-    shop_domain: Domain
+    shop_domain: Annotated[
+        str,
+        text(max_length=253, min_length=3, lower=True, pattern=r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?"),
+    ]
     access_token: Annotated[str, text(max_length=512, min_length=8, pattern=r"[\x21-\x7e]+")]
 
 
