@@ -197,3 +197,36 @@ def test_check_warns_about_stale_secrets_in_development(
     monkeypatch.setenv("SECRET_MAX_AGE_DAYS", "120")
     assert main(["check"]) == 1
     assert "[warn]" not in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_reset_links_and_invitations_mailed_before_a_rotation_still_work(
+    restart: Callable[..., FastAPI],
+) -> None:
+    """Reset links and invitations made under the old SESSION_SECRET redeem in the overlap."""
+    before_app = restart(session_secret=OLD)
+    async with client_for(before_app) as before:
+        shop = await new_shop(before)
+        asked = await before.post(
+            "/auth/password-reset", json={"shop": shop.domain, "email": shop.owner_email}
+        )
+        assert asked.status_code == 202, asked.text
+        invited = await before.post(
+            "/invitations",
+            json={"email": "late@member.example", "role": "staff"},
+            headers=shop.owner_headers,
+        )
+        assert invited.status_code == 201, invited.text
+    (mail,) = [m for m in before_app.state.shopfront.mailer.sent if m.kind == "password_reset"]
+    reset = {"shop": shop.domain, "token": mail.token, "new_password": "a new long passphrase"}
+    join = {"shop": shop.domain, "invitation": invited.json()["token"], "password": "x" * 20}
+    async with client_for(restart(session_secret=NEW)) as dropped:
+        refused = await dropped.post("/auth/password-reset/confirm", json=reset)
+        not_joined = await dropped.post("/auth/signup", json=join)
+    assert (refused.status_code, refused.json()["code"]) == (401, "auth.invalid_reset_token")
+    assert (not_joined.status_code, not_joined.json()["code"]) == (401, "auth.invalid_invitation")
+    async with client_for(restart(session_secret=NEW, session_secret_previous=OLD)) as overlap:
+        confirmed = await overlap.post("/auth/password-reset/confirm", json=reset)
+        joined = await overlap.post("/auth/signup", json=join)
+    assert confirmed.status_code == 204, confirmed.text
+    assert joined.status_code == 201, joined.text

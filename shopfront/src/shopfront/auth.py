@@ -93,6 +93,9 @@ class Auth:
     bus: RevocationBus
     strict: bool
     access_ttl: int
+    reset_previous: tuple[bytes, ...] = ()
+    """Reset keys of ``SESSION_SECRET_PREVIOUS``: links mailed before a rotation still work."""
+    invitation_previous: tuple[bytes, ...] = ()
 
 
 def secret_value(settings: Settings, name: str) -> str:
@@ -173,6 +176,8 @@ def build_auth(settings: Settings, store: Store, primary: Store, redis_client: A
         ),
         reset_key=derive_key(session_secret, "shopfront password resets"),
         invitation_key=derive_key(session_secret, "shopfront invitations"),
+        reset_previous=previous_secret(settings, "session_secret", "shopfront password resets"),
+        invitation_previous=previous_secret(settings, "session_secret", "shopfront invitations"),
         csrf=CSRFPolicy(
             secret=derive_key(secret_value(settings, "cookie_secret"), "shopfront csrf"),
             previous_secrets=previous_secret(settings, "cookie_secret", "shopfront csrf"),

@@ -243,6 +243,12 @@ def _reset_hash(auth: Auth, token: str) -> str:
     return hmac.new(auth.reset_key, token.encode(), hashlib.sha256).hexdigest()
 
 
+def _reset_hashes(auth: Auth, token: str) -> list[str]:
+    """The token's hash under the current key and each previous one (a rotation's overlap)."""
+    keys = (auth.reset_key, *auth.reset_previous)
+    return [hmac.new(key, token.encode(), hashlib.sha256).hexdigest() for key in keys]
+
+
 async def request_reset(
     auth: Auth, sessions: async_sessionmaker[AsyncSession], shop: str, email: str
 ) -> str | None:
@@ -284,7 +290,7 @@ async def confirm_reset(
             update(PasswordReset)
             .where(
                 PasswordReset.tenant_id == tenant_id,
-                PasswordReset.token_hash == _reset_hash(auth, token),
+                PasswordReset.token_hash.in_(_reset_hashes(auth, token)),
                 PasswordReset.used_at.is_(None),
                 PasswordReset.expires_at > now,
             )
@@ -309,6 +315,12 @@ def _email_key(reset_key: bytes) -> bytes:
 
 def _email_hash(auth: Auth, token: str) -> str:
     return hmac.new(_email_key(auth.reset_key), token.encode(), hashlib.sha256).hexdigest()
+
+
+def _email_hashes(auth: Auth, token: str) -> list[str]:
+    """The token's hash under the current key and each previous one (a rotation's overlap)."""
+    keys = (auth.reset_key, *auth.reset_previous)
+    return [hmac.new(_email_key(k), token.encode(), hashlib.sha256).hexdigest() for k in keys]
 
 
 def _invalid_email_token() -> BadRequest:
@@ -368,7 +380,7 @@ async def _redeem(
             update(EmailToken)
             .where(
                 EmailToken.tenant_id == tenant_id,
-                EmailToken.token_hash == _email_hash(auth, token),
+                EmailToken.token_hash.in_(_email_hashes(auth, token)),
                 EmailToken.used_at.is_(None),
                 EmailToken.purpose == purpose,
                 EmailToken.expires_at > now,

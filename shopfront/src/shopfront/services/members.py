@@ -56,6 +56,12 @@ def _token_hash(auth: Auth, token: str) -> str:
     return hmac.new(auth.invitation_key, token.encode(), hashlib.sha256).hexdigest()
 
 
+def _token_hashes(auth: Auth, token: str) -> list[str]:
+    """The token's hash under the current key and each previous one (a rotation's overlap)."""
+    keys = (auth.invitation_key, *auth.invitation_previous)
+    return [hmac.new(key, token.encode(), hashlib.sha256).hexdigest() for key in keys]
+
+
 def _owner_required() -> Forbidden:
     return Forbidden("Only an owner can do this.", code="member.owner_required")
 
@@ -137,7 +143,7 @@ async def accept_invitation(
                 update(Invitation)
                 .where(
                     Invitation.tenant_id == tenant_id,
-                    Invitation.token_hash == _token_hash(auth, token),
+                    Invitation.token_hash.in_(_token_hashes(auth, token)),
                     Invitation.accepted_at.is_(None),
                     Invitation.expires_at > now,
                 )
