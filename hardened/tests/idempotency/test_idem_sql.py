@@ -167,7 +167,9 @@ class Scenario:
             self.local("capture"),
         ]
 
-    async def run(self, *, lease: float = 30.0, fingerprint: bytes = FP) -> PhaseState:
+    async def run(
+        self, *, lease: float = 30.0, fingerprint: bytes = FP, previous: tuple[bytes, ...] = ()
+    ) -> PhaseState:
         return await run_phases(
             self.env.backend,
             self.key,
@@ -177,6 +179,7 @@ class Scenario:
             lease=lease,
             retention=KEEP,
             on_recorded=self._recorded,
+            previous_fingerprints=previous,
         )
 
     def _recorded(self, name: str) -> None:
@@ -203,6 +206,19 @@ async def test_phases_run_in_order_and_replay_the_final_state(env: SqlEnv) -> No
     assert await env.effect_count() == 3
     with pytest.raises(IdempotencyKeyReused):
         await sim.run(fingerprint=b"another payload")
+
+
+async def test_a_record_under_a_previous_fingerprint_resumes_and_replays(env: SqlEnv) -> None:
+    """After a secret rotation the old fingerprint, passed as previous, is the same request."""
+    sim = Scenario(env, "sim")
+    sim.fail_in = "record"
+    with pytest.raises(Boom):
+        await sim.run()  # under the old secret's fingerprint, stopped after "activate"
+    with pytest.raises(IdempotencyKeyReused):
+        await sim.run(fingerprint=b"new secret's fingerprint")
+    assert await sim.run(fingerprint=b"new secret's fingerprint", previous=(FP,)) == EXPECTED
+    assert await sim.run(fingerprint=b"new secret's fingerprint", previous=(FP,)) == EXPECTED
+    assert sim.calls == Counter(reserve=1, activate=1, record=2, capture=1)
 
 
 async def test_crash_resumes_after_the_last_recovery_point(env: SqlEnv) -> None:

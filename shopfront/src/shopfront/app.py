@@ -182,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         catalog_items=catalog.items_cache(cache),
         governors=governors,
         crypto=crypto,
+        idempotency_previous=previous_secret(settings, "session_secret", "shopfront idempotency"),
         kyc_verifier=(
             HttpKycVerifier(settings.kyc_provider_url, governors["kyc"])
             if settings.kyc_provider_url
@@ -273,7 +274,7 @@ def _add_middleware(app: FastAPI, state: AppState) -> None:
         backend=state.idempotency,
         secret=state.idempotency_secret,
         # A retry stored before a SESSION_SECRET rotation still replays during the overlap.
-        previous_secrets=previous_secret(settings, "session_secret", "shopfront idempotency"),
+        previous_secrets=state.idempotency_previous,
         rules=GUARDED_ROUTES,
         config=http_config(settings),
     )

@@ -54,6 +54,8 @@ class AppState:
     crypto: Crypto
     """Field encryption: the ``ENCRYPTION_KEY`` keyring and the shops' data keys."""
     kyc_verifier: KycVerifier
+    idempotency_previous: tuple[bytes, ...] = ()
+    """Fingerprint secrets of ``SESSION_SECRET_PREVIOUS`` (a rotation's overlap)."""
 
     async def aclose(self) -> None:
         """Close what the app opened, users before what they use (clients, cache, stores, db)."""

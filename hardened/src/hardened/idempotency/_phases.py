@@ -118,6 +118,7 @@ async def run_phases(
     sessions: Callable[[], AsyncSession] | None = None,
     complete_retry_for: float = DEFAULT_COMPLETE_RETRY_FOR,
     on_recorded: Callable[[str], object] | None = None,
+    previous_fingerprints: Sequence[bytes] = (),
 ) -> PhaseState:
     """Run ``phases`` once per ``key``, resuming after the last recorded one.
 
@@ -139,6 +140,10 @@ async def run_phases(
     seconds, the lease renewed meanwhile (see `HeldLease`), so the external
     call is not made again by a retry.
 
+    ``previous_fingerprints`` are the same request's fingerprints under previous
+    secrets (a rotation's overlap): a record made under one of them is the same
+    request, so a retry after the rotation resumes or replays instead of 422.
+
     ``on_recorded`` is called with a phase's name once its result is durable (its
     recovery point committed; for the last phase, the final result), before the
     next phase starts: the one place to observe "phase X has completed", e.g. to
@@ -149,6 +154,10 @@ async def run_phases(
         msg = "phases need unique, non-empty names"
         raise ValueError(msg)
     claim = await backend.claim(key, fingerprint, lease=lease, retention=retention)
+    for old in previous_fingerprints:
+        if not isinstance(claim, Mismatch):
+            break
+        claim = await backend.claim(key, old, lease=lease, retention=retention)
     key_hash = key_hash_for_logs(key)
     if isinstance(claim, Completed):
         return _loads(claim.result)

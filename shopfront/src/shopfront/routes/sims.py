@@ -53,6 +53,7 @@ from hardened.idempotency import (
     LocalPhase,
     PhaseState,
     fingerprint,
+    fingerprints,
     idempotency_key,
     run_phases,
     scoped_key,
@@ -172,7 +173,8 @@ async def activate_sim(body: ActivationIn, tenancy: Tenancy, key: Key) -> JSONRe
         route="/sims/activations",
         key=key.value,
     )
-    digest = fingerprint(state.idempotency_secret, body.iccid.encode(), body.plan.encode())
+    parts = (body.iccid.encode(), body.plan.encode())
+    digest = fingerprint(state.idempotency_secret, *parts)
     final = await run_phases(
         state.idempotency,
         record,
@@ -184,6 +186,7 @@ async def activate_sim(body: ActivationIn, tenancy: Tenancy, key: Key) -> JSONRe
         sessions=lambda: tenant_session(state.db.sessions, tenancy.tenant_id),
         # Fires once a phase's result is durable, before the next one starts.
         on_recorded=lambda phase: _crash_point(state, phase),
+        previous_fingerprints=list(fingerprints(state.idempotency_previous, *parts)),
     )
     if final.get("refused"):
         refused = SimRefused("The SIM provider refused this activation; nothing was charged.")
