@@ -173,16 +173,10 @@ class PlaintextMigration:
             cipher = keys.column(table_name(f.owner), f.name)  # type: ignore[arg-type]
             value: str = getattr(row, self.plaintext_column)
             version = keys.current
-            values: dict[str, Any] = {
-                "_id": row.id,
-                "key_version": version,
-                f"{f.name}_ct": cipher.encrypt(value.encode(), row.id, version=version),
-            }
-            if f.blind_index is not None:
-                values[f"{f.name}_bidx"] = cipher.blind_index(
-                    f.blind_index.normalise(value).encode(), f.blind_index.bits, version=version
-                )
-            out.append(values)
+            assert version is not None  # noqa: S101 - ensure() refuses a tenant without one
+            out.append(
+                {"_id": row.id, "key_version": version, **f.sealed(cipher, value, row.id, version)}
+            )
         return out
 
     async def backfill(

@@ -168,6 +168,30 @@ class EncryptedField(Generic[_T]):
     def plaintext_attr(self) -> str:
         return f"_{self.name}_plaintext"
 
+    def sealed(
+        self, cipher: ColumnCipher, value: str | None, row_id: uuid.UUID, version: int
+    ) -> dict[str, Any]:
+        """The field's column values for ``value`` under ``version``: ciphertext, index entry.
+
+        Keyed by column name (the ORM attribute is the name with a leading underscore);
+        the one place the ORM, re-encryption and migration seal a value.
+        """
+        columns: dict[str, Any] = {
+            f"{self.name}_ct": None
+            if value is None
+            else cipher.encrypt(value.encode(), row_id, version=version)
+        }
+        if self.blind_index is not None:
+            index = self.blind_index
+            columns[f"{self.name}_bidx"] = (
+                None
+                if value is None
+                else cipher.blind_index(
+                    index.normalise(value).encode(), index.bits, version=version
+                )
+            )
+        return columns
+
     @overload
     def __get__(self, instance: None, owner: type[Any]) -> EncryptedField[_T]: ...
     @overload
@@ -337,19 +361,8 @@ def _seal(session: Session, obj: Any) -> None:
         value = plain[f.name]
         if f.plaintext_column is not None:
             setattr(obj, f.plaintext_attr, value)  # dual write while migrating
-        if value is None:
-            setattr(obj, f.ciphertext_attr, None)
-            if f.blind_index is not None:
-                setattr(obj, f.index_attr, None)
-            continue
-        setattr(obj, f.ciphertext_attr, cipher.encrypt(value.encode(), row_id, version=version))
-        if f.blind_index is not None:
-            normalised = f.blind_index.normalise(value).encode()
-            setattr(
-                obj,
-                f.index_attr,
-                cipher.blind_index(normalised, f.blind_index.bits, version=version),
-            )
+        for column, sealed in f.sealed(cipher, value, row_id, version).items():
+            setattr(obj, f"_{column}", sealed)
     obj.key_version = version
     obj.__dict__.pop(_DIRTY, None)
 

@@ -89,20 +89,8 @@ async def _reseal(
         for f in fields:
             cipher = ciphers[f.name]
             sealed = getattr(row, f"{f.name}_ct")
-            plain = None if sealed is None else cipher.decrypt(bytes(sealed), row.id)
-            values[f"{f.name}_ct"] = (
-                None if plain is None else cipher.encrypt(plain, row.id, version=current)
-            )
-            if f.blind_index is not None:
-                values[f"{f.name}_bidx"] = (
-                    None
-                    if plain is None
-                    else cipher.blind_index(
-                        f.blind_index.normalise(plain.decode()).encode(),
-                        f.blind_index.bits,
-                        version=current,
-                    )
-                )
+            plain = None if sealed is None else cipher.decrypt(bytes(sealed), row.id).decode()
+            values.update(f.sealed(cipher, plain, row.id, current))
         out.append(values)
     return out
 
